@@ -1,0 +1,160 @@
+"""Command line: ``kpms-job [run] MANIFEST``, ``validate``, ``plan``; exit codes in errors.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from . import __version__
+from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, ManifestError
+
+log = logging.getLogger("kpms_job")
+
+COMMANDS = ("run", "validate", "plan")
+
+EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
+3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
+window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 with one line, like manifest errors
+        raise ManifestError([f"command line: {message} (see kpms-job --help)"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kpms-job", description="Run the whole Keypoint-MoSeq pipeline from one manifest.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"kpms-job {__version__}")
+    sub = p.add_subparsers(dest="command")
+    for name, text in (("run", "run every stage that is not done yet"),
+                       ("validate", "check the manifest and exit"),
+                       ("plan", "dry run: each stage, whether it would run or be skipped, and why")):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("manifest", nargs="?" if name == "plan" else None, help="manifest .yml/.yaml/.json")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks and keypoint-moseq's output")
+        if name == "run":
+            sp.add_argument("--wait", action="store_true",
+                            help="if another job holds the project dir, wait for it instead of exiting")
+        if name == "plan":
+            sp.add_argument("--frames", type=int, help="plan memory for this many frames (no manifest needed)")
+            sp.add_argument("--keypoints", type=int, default=8, help="with --frames: keypoints (default 8)")
+            sp.add_argument("--latent-dim", type=int, default=10, help="with --frames: latent_dim (default 10)")
+            sp.add_argument("--num-states", type=int, default=100, help="with --frames: num_states")
+            sp.add_argument("--budget-gb", type=float, help="with --frames: memory budget in GiB")
+    return p
+
+
+def _argv(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `kpms-job manifest.yml` (and `docker run IMAGE manifest.yml`) means `run`
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS:
+        argv.insert(argv.index(first), "run")
+    return argv
+
+
+def cmd_validate(args) -> int:
+    from . import manifest
+
+    m = manifest.load(args.manifest)
+    print(f"{args.manifest}: valid. project_dir {m['project_dir']}, format {m['inputs']['format']}, "
+          f"{len(m['inputs']['paths'])} input pattern(s)")
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from . import manifest, pipeline
+    from .state import JobState
+
+    if args.manifest is None:
+        if args.frames is None:
+            raise ManifestError(["command line: plan needs a manifest, or --frames N"])
+        from . import memory_cli
+
+        return memory_cli.plan_frames(args)
+    m = manifest.load(args.manifest)
+    state = JobState(m["project_dir"])
+    decisions = pipeline.decide(m, state)
+    print(f"plan for {args.manifest} (project {m['project_dir']}):")
+    for d in decisions:
+        print(f"  {'RUN ' if d.run else 'skip'}  {d.stage.name:<11} {d.stage.title:<36} {d.reason}")
+    n = sum(d.run for d in decisions)
+    print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
+    try:
+        from . import memory_cli
+
+        memory_cli.plan_manifest(m, state)
+    except ImportError:
+        pass
+    return EXIT_OK
+
+
+def _tuning_verdict(state, m) -> int:
+    from .manifest import tuning_settings
+
+    info = (state.stage("summary") or {}).get("info", {})
+    if tuning_settings(m) is not None and info.get("in_target_window") is False:
+        full = (state.stage("full_model") or {}).get("info", {})
+        log.error("kappa tuning did not reach the target window: %s",
+                  (full.get("tuning") or {}).get("verdict", "see summary.md"))
+        return EXIT_TUNING_MISSED
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    import time
+
+    from . import manifest, pipeline, signals
+    from .errors import Interrupted
+    from .state import JobState, ProjectLock
+
+    t0 = time.monotonic()
+    m = manifest.load(args.manifest)
+    signals.install()
+    with ProjectLock(m["project_dir"]) as lock:
+        lock.acquire(wait=args.wait)
+        state = JobState(m["project_dir"])
+        decisions = pipeline.decide(m, state)
+        if not any(d.run for d in decisions):
+            log.info("nothing to do: every stage is done and unchanged (%s)", m["project_dir"])
+            print(f"nothing to do: {m['project_dir']} is complete and up to date "
+                  f"({time.monotonic() - t0:.1f} s)")
+            return _tuning_verdict(state, m)
+        outcome = pipeline.run(m, state, stop=signals.requested)
+        if signals.requested():
+            raise Interrupted("stopped on request; rerun the same command to continue")
+    ran = [k for k, v in outcome.items() if v == "ran"]
+    print(f"done: {len(ran)} stage(s) ran, {len(outcome) - len(ran)} skipped, "
+          f"{time.monotonic() - t0:.0f} s. Results: {m['project_dir']}/summary.md")
+    return _tuning_verdict(state, m)
+
+
+def main(argv=None) -> int:
+    from .console import setup_logging
+
+    argv = _argv(argv)
+    debug = "--debug" in argv
+    setup_logging(debug)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return EXIT_OK
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}[args.command](args)
+    except JobError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"kpms-job: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kpms-job: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 75
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one message, exit 1
+        if debug:
+            traceback.print_exc()
+        print(f"kpms-job: unexpected error: {type(exc).__name__}: {exc}\n"
+              "Rerun with --debug for the traceback, and report it if it persists.", file=sys.stderr)
+        return EXIT_UNEXPECTED

@@ -1,0 +1,79 @@
+"""Exception types, each carrying the exit code the CLI returns for it.
+
+Exit codes (documented in the README; the Kubernetes and Slurm examples rely on them):
+
+====  ==========================================================
+0     done, or nothing left to do
+1     anything unexpected (a bug: rerun with ``--debug``)
+2     manifest or usage error
+3     input data error
+4     out of memory after every fallback
+5     finished, but kappa tuning could not reach the target window
+73    output problem: project dir not writable or disk full
+75    interrupted (signal, or project dir locked): safe to rerun
+====  ==========================================================
+"""
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_MANIFEST = 2
+EXIT_INPUT = 3
+EXIT_OOM = 4
+EXIT_TUNING_MISSED = 5
+EXIT_OUTPUT = 73
+EXIT_INTERRUPTED = 75
+
+
+class JobError(Exception):
+    """An error the user can act on; printed as one message, never a traceback."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class ManifestError(JobError):
+    """The manifest or the command line is wrong.
+
+    Parameters
+    ----------
+    problems : list of str
+        One message per problem, each naming its field path.
+    """
+
+    exit_code = EXIT_MANIFEST
+
+    def __init__(self, problems, source=None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        head = f"{source}: " if source else ""
+        n = len(self.problems)
+        title = f"{head}{n} problem{'s' if n != 1 else ''} in the manifest"
+        super().__init__(title + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class InputDataError(JobError):
+    """The tracking data cannot be used as it is."""
+
+    exit_code = EXIT_INPUT
+
+
+class OutOfMemory(JobError):
+    """Even the most frugal fitting setting ran out of memory."""
+
+    exit_code = EXIT_OOM
+
+
+class OutputError(JobError):
+    """The project dir cannot be written (read-only, full, ...)."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class Interrupted(JobError):
+    """The job stopped at a safe point; rerunning continues where it stopped."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class LockHeld(Interrupted):
+    """Another job holds the project dir."""

@@ -1,0 +1,468 @@
+"""The ONLY module that calls keypoint_moseq and jax_moseq.
+
+keypoint-moseq's API has sharp edges (see ARCHITECTURE.md); this module knows them,
+so every other module stays simple and an upgrade touches one file. Importing this
+module imports JAX (about 6 s): the pipeline imports it only when a stage runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputDataError, JobError
+
+log = logging.getLogger("kpms_job")
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # our own progress replaces keypoint-moseq's bars
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import h5py  # noqa: E402
+import jax  # noqa: E402
+import keypoint_moseq as kpms  # noqa: E402
+from jax_moseq.models import keypoint_slds  # noqa: E402
+from jax_moseq.utils import check_for_nans, device_put_as_scalar, get_durations  # noqa: E402
+from jax_moseq.utils import set_mixed_map_iters  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class FitOutOfMemory(JobError):
+    """XLA could not allocate memory during a fit (caught and escalated by the runner)."""
+
+
+class FitNaN(JobError):
+    """The sampler produced NaNs; the fit stopped at the last good iteration."""
+
+
+@contextlib.contextmanager
+def quiet():
+    """Route keypoint-moseq's prints and warnings to the debug log."""
+    buf = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(buf):
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            plt.close("all")
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            log.debug("keypoint-moseq: %s", line.strip())
+    for w in caught:
+        log.debug("keypoint-moseq warning: %s", str(w.message).replace("\n", " "))
+
+
+def backend() -> str:
+    return jax.default_backend()
+
+
+def configure(mixed_map_iters: int) -> None:
+    """Set jax-moseq's batching before the first trace (it is read at trace time)."""
+    set_mixed_map_iters(int(mixed_map_iters))
+
+
+# --------------------------------------------------------------------------- loading
+def _dlc_bodypart_order(path: str) -> list[str] | None:
+    """Bodypart order of the keypoint axis of a multi-animal DeepLabCut file.
+
+    keypoint-moseq 0.8.1 returns multi-animal bodyparts as a ``set`` whose order is
+    arbitrary; the coordinates follow the column order of the file, read here.
+    """
+    import pandas as pd
+
+    if path.endswith(".csv"):
+        df = pd.read_csv(path, header=[0, 1, 2, 3], index_col=0, nrows=1)
+    else:
+        df = pd.read_hdf(path)
+    if "individuals" not in (df.columns.names or []):
+        return None
+    first = df.columns.get_level_values("individuals").unique()[0]
+    bps = df.xs(first, axis=1, level="individuals").columns.get_level_values("bodyparts")
+    return list(dict.fromkeys(bps))
+
+
+def _nwb_without_skeleton(path: str, name: str):
+    """Read an NWB PoseEstimation that has no Skeleton (keypoint-moseq raises ValueError)."""
+    from ndx_pose import PoseEstimation
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(path, mode="r", load_namespaces=True) as nwbio:
+        objs = [o for o in nwbio.read().all_children() if isinstance(o, PoseEstimation)]
+        if len(objs) != 1:
+            raise InputDataError(f"{path}: expected one PoseEstimation, found {len(objs)}")
+        series = objs[0].pose_estimation_series
+        bodyparts = list(series.keys())
+        coords = np.stack([series[bp].data[()] for bp in bodyparts], axis=1)
+        confs = []
+        for bp in bodyparts:
+            c = series[bp].confidence
+            confs.append(np.ones(coords.shape[0]) if c is None else np.asarray(c[()]))
+        return {name: coords}, {name: np.stack(confs, axis=1)}, bodyparts
+
+
+def nwb_fps(path: str) -> float | None:
+    """Frame rate from an NWB pose series (rate, or median timestamp step)."""
+    from ndx_pose import PoseEstimation
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(path, mode="r", load_namespaces=True) as nwbio:
+        objs = [o for o in nwbio.read().all_children() if isinstance(o, PoseEstimation)]
+        if not objs:
+            return None
+        s = next(iter(objs[0].pose_estimation_series.values()))
+        if getattr(s, "rate", None):
+            return float(s.rate)
+        ts = s.timestamps
+        if ts is None or len(ts) < 2:
+            return None
+        step = float(np.median(np.diff(np.asarray(ts[: min(len(ts), 10000)]))))
+        return 1.0 / step if step > 0 else None
+
+
+def load_file(path: str, fmt: str, exclude_individuals: list[str]):
+    """Load one tracking file with keypoint-moseq's loader.
+
+    Returns
+    -------
+    coordinates, confidences : dict of name -> ndarray
+    bodyparts : list of str, in the order of the keypoint axis
+    """
+    try:
+        with quiet():
+            coords, confs, bodyparts = kpms.load_keypoints(
+                path, fmt, exclude_individuals=list(exclude_individuals))
+    except ValueError as exc:
+        if fmt == "nwb" and "skeleton" in str(exc).lower() or fmt == "nwb" and "nodes" in str(exc).lower():
+            log.info("%s has no Skeleton; reading its pose series directly", path)
+            name = Path(path).stem
+            return _nwb_without_skeleton(path, name)
+        raise
+    if isinstance(bodyparts, set):
+        order = _dlc_bodypart_order(path) if fmt == "deeplabcut" else None
+        if order is None or set(order) != bodyparts:
+            raise InputDataError(
+                f"{path}: keypoint-moseq returned the bodyparts as an unordered set and their "
+                "order could not be read from the file")
+        bodyparts = order
+    return coords, confs, list(bodyparts)
+
+
+def video_fps(path: str) -> float | None:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return float(fps) if fps and fps > 0 else None
+
+
+def find_videos(video_dir: str, names: list[str]) -> dict:
+    with quiet():
+        return kpms.find_matching_videos(names, video_dir, as_dict=True)
+
+
+# --------------------------------------------------------------------------- project
+def setup_project(project_dir: str, *, bodyparts, use, anterior, posterior, skeleton, fps,
+                  video_dir, conf_threshold, outlier_scale_factor, noise_calibration,
+                  num_states, kappa, seed) -> None:
+    extra = {}
+    if noise_calibration:
+        extra["error_estimator"] = {"slope": float(noise_calibration["slope"]),
+                                    "intercept": float(noise_calibration["intercept"])}
+    with quiet():
+        kpms.setup_project(
+            project_dir, overwrite=True,
+            bodyparts=list(bodyparts), use_bodyparts=list(use),
+            anterior_bodyparts=list(anterior), posterior_bodyparts=list(posterior),
+            skeleton=[list(p) for p in skeleton], fps=float(fps), video_dir=video_dir or "",
+            conf_threshold=float(conf_threshold), outlier_scale_factor=float(outlier_scale_factor),
+            **extra)
+        kpms.update_config(project_dir, num_states=int(num_states), kappa=float(kappa),
+                           seed=int(seed))
+
+
+def load_config(project_dir: str) -> dict:
+    with quiet():
+        return kpms.load_config(project_dir)
+
+
+def update_config(project_dir: str, **kwargs) -> None:
+    """update_config, with numpy scalars cast (they corrupt the YAML otherwise)."""
+    clean = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in kwargs.items()}
+    with quiet():
+        kpms.update_config(project_dir, **clean)
+
+
+def remove_outliers(coords, confs, project_dir, scale, bodyparts):
+    with quiet():
+        return kpms.outlier_removal(dict(coords), dict(confs), project_dir, overwrite=True,
+                                    outlier_scale_factor=float(scale), bodyparts=list(bodyparts))
+
+
+def format_data(coords, confs, config):
+    with quiet():
+        return kpms.format_data(dict(coords), dict(confs), **config)
+
+
+# --------------------------------------------------------------------------- PCA
+def fit_pca(data, config, project_dir):
+    with quiet():
+        pca = kpms.fit_pca(**data, **config)
+        kpms.save_pca(pca, project_dir)
+    return pca
+
+
+def load_pca(project_dir):
+    with quiet():
+        return kpms.load_pca(project_dir)
+
+
+def pca_dims_for(pca, fraction: float) -> int:
+    cs = np.cumsum(pca.explained_variance_ratio_)
+    above = np.nonzero(cs >= fraction - 1e-12)[0]
+    return int(above[0] + 1) if len(above) else len(cs)
+
+
+def pca_variance(pca, dims: int) -> float:
+    return float(np.sum(pca.explained_variance_ratio_[:dims]))
+
+
+def plot_pca(pca, config, project_dir):
+    with quiet():
+        kpms.plot_scree(pca, project_dir=project_dir)
+        kpms.plot_pcs(pca, project_dir=project_dir, interactive=False, **config)
+
+
+# --------------------------------------------------------------------------- fitting
+def checkpoint_path(project_dir, model_name) -> Path:
+    return Path(project_dir) / model_name / "checkpoint.h5"
+
+
+def init_model(data, pca, config, seed: int):
+    cfg = dict(config)
+    cfg["seed"] = int(seed)
+    with quiet():
+        return kpms.init_model(data, pca=pca, **cfg)
+
+
+def set_kappa(model, kappa: float):
+    with quiet():
+        return kpms.update_hypparams(model, kappa=float(kappa))
+
+
+def model_kappa(model) -> float:
+    return float(model["hypparams"]["trans_hypparams"]["kappa"])
+
+
+def saved_iterations(path) -> list[int]:
+    with h5py.File(path, "r") as f:
+        return sorted(int(k) for k in f["model_snapshots"].keys())
+
+
+def load_latest_snapshot(project_dir, model_name):
+    """The newest snapshot that loads; newer half-written snapshots are deleted.
+
+    Returns (model, data, metadata, iteration), or None when the checkpoint is
+    missing or unreadable as a whole (the caller then starts the fit again).
+    """
+    path = checkpoint_path(project_dir, model_name)
+    if not path.exists():
+        return None
+    try:
+        iters = saved_iterations(path)
+    except Exception as exc:  # noqa: BLE001 - any h5 failure means the file is unusable
+        log.warning("checkpoint %s is unreadable (%s); the fit starts again", path, exc)
+        return None
+    for it in reversed(iters):
+        try:
+            with quiet():
+                model, data, metadata, _ = kpms.load_checkpoint(path=str(path), iteration=it)
+            return model, data, metadata, it
+        except Exception as exc:  # noqa: BLE001
+            log.warning("snapshot %d in %s is damaged (%s); falling back to the one before", it, path, exc)
+            try:
+                with h5py.File(path, "a") as f:
+                    del f[f"model_snapshots/{it}"]
+            except Exception:  # noqa: BLE001
+                return None
+    return None
+
+
+def _save_snapshot(path, model, iteration: int, *, first=False, data=None, metadata=None):
+    from keypoint_moseq.io import save_hdf5
+
+    from .signals import critical
+
+    with critical(), quiet():
+        if first:
+            tmp = path.with_name(path.name + ".tmp")
+            if tmp.exists():
+                tmp.unlink()
+            save_hdf5(str(tmp), {"model_snapshots": {str(iteration): model},
+                                 "metadata": metadata, "data": data})
+            os.replace(tmp, path)
+        else:
+            save_hdf5(str(path), model, f"model_snapshots/{iteration}", exist_ok=True, overwrite=True)
+
+
+def drop_snapshots_after(path, iteration: int) -> None:
+    with h5py.File(path, "a") as f:
+        for k in list(f["model_snapshots"].keys()):
+            if int(k) > iteration:
+                del f["model_snapshots"][k]
+
+
+def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int, num_iters: int,
+              ar_only: bool, save_every: int, fps: float, parallel_message_passing: bool,
+              on_iteration=None, should_stop=None, progress_plots=True):
+    """Gibbs sampling with keypoint-moseq's model and checkpoint format.
+
+    Like ``kpms.fit_model`` (same resampling function, same checkpoint layout, so
+    ``kpms.load_checkpoint`` reads it) but snapshot ``i`` is always the model after
+    ``i`` resamples, so resuming from snapshot ``k`` runs iterations ``k+1..`` and
+    gives the same chain as an uninterrupted run. It also checks ``should_stop``
+    after every iteration (a graceful stop saves first) and lets ``on_iteration``
+    adjust the model (kappa tuning).
+
+    Returns
+    -------
+    model, last_iteration
+    """
+    path = checkpoint_path(project_dir, model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if start_iter == 0:
+        _save_snapshot(path, model, 0, first=True, data=data, metadata=metadata)
+    else:
+        drop_snapshots_after(path, start_iter)
+    model = device_put_as_scalar(model)
+    it = start_iter
+    last_saved = start_iter
+    for it in range(start_iter + 1, num_iters + 1):
+        try:
+            new = keypoint_slds.resample_model(
+                data, **model, ar_only=ar_only, jitter=1e-3,
+                parallel_message_passing=parallel_message_passing)
+        except RuntimeError as exc:
+            if "RESOURCE_EXHAUSTED" in str(exc):
+                raise FitOutOfMemory(str(exc).splitlines()[0]) from exc
+            raise
+        any_nans, _, messages = check_for_nans(new)
+        if any_nans:
+            raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages)
+                         + f" (last saved iteration {last_saved})")
+        model = new
+        if on_iteration is not None:
+            model = on_iteration(it, model) or model
+        stopping = bool(should_stop and should_stop())
+        if it == num_iters or it % save_every == 0 or stopping:
+            _save_snapshot(path, model, it)
+            last_saved = it
+            if progress_plots and (it == num_iters or stopping is False):
+                try:
+                    with quiet():
+                        kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
+                                           savefig=True, fps=fps)
+                except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
+                    log.debug("progress plot failed: %s", exc)
+        if stopping:
+            break
+    return model, it
+
+
+def median_duration_ms(model, data, fps: float) -> float:
+    """Median syllable duration with jax-moseq's own duration function."""
+    z = np.asarray(model["states"]["z"])
+    mask = np.asarray(data["mask"])
+    durs = get_durations(z, mask)
+    return float(np.median(durs)) * 1000.0 / float(fps) if len(durs) else float("nan")
+
+
+# --------------------------------------------------------------------------- results
+def reindex_at(path: str):
+    with quiet():
+        kpms.reindex_syllables_in_checkpoint(path=path)
+
+
+def extract_results(project_dir, model_name):
+    path = Path(project_dir) / model_name / "results.h5"
+    if path.exists():
+        path.unlink()
+    with quiet():
+        model, _, metadata, _ = kpms.load_checkpoint(project_dir, model_name)
+        return kpms.extract_results(model, metadata, project_dir, model_name)
+
+
+def save_csvs(results, project_dir, model_name):
+    with quiet():
+        kpms.save_results_as_csv(results, project_dir, model_name)
+
+
+def load_results(project_dir, model_name):
+    with quiet():
+        return kpms.load_results(project_dir, model_name)
+
+
+def syllable_stats(results, fps: float) -> dict:
+    z = {k: np.asarray(v["syllable"]) for k, v in results.items()}
+    durs = get_durations(z)
+    allz = np.concatenate(list(z.values()))
+    freqs = np.bincount(allz) / len(allz)
+    return {"median_duration_ms": float(np.median(durs)) * 1000.0 / fps,
+            "syllables_over_0_5pct": int(np.sum(freqs > 0.005)),
+            "syllables_used": int(np.sum(freqs > 0))}
+
+
+def _savefig(fig, project_dir, model_name, stem):
+    base = Path(project_dir) / model_name / stem
+    fig.savefig(f"{base}.pdf")
+    fig.savefig(f"{base}.png", dpi=150)
+
+
+def plot_frequencies(results, project_dir, model_name):
+    with quiet():
+        fig, _ = kpms.plot_syllable_frequencies(results=results)
+        _savefig(fig, project_dir, model_name, "syllable_frequencies")
+
+
+def plot_durations(results, project_dir, model_name, fps):
+    with quiet():
+        fig, _ = kpms.plot_duration_distribution(results=results, fps=fps)
+        _savefig(fig, project_dir, model_name, "duration_distribution")
+
+
+def plot_dendrogram(coords, results, project_dir, model_name, config):
+    with quiet():
+        kpms.plot_similarity_dendrogram(dict(coords), results, project_dir, model_name, **config)
+
+
+def grid_movies(results, project_dir, model_name, coords, config, video_dir=None) -> int:
+    """Grid movies per syllable; the grid shrinks for short data. Returns movies written."""
+    cfg = dict(config)
+    cfg.pop("video_dir", None)
+    out = Path(project_dir) / model_name / "grid_movies"
+    source = {"video_dir": video_dir} if video_dir else {"keypoints_only": True}
+    for rows, cols in ((4, 6), (3, 4), (2, 3), (1, 2)):
+        with quiet():
+            kpms.generate_grid_movies(results, project_dir, model_name, coordinates=dict(coords),
+                                      rows=rows, cols=cols, **source, **cfg)
+        written = list(out.glob("*.mp4"))
+        if written:
+            return len(written)
+    raise InputDataError("no syllable has enough instances for a grid movie (the data are short)")
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("keypoint-moseq", "jax-moseq", "jax", "jaxlib")}

@@ -1,0 +1,196 @@
+"""The ordered stages and the runner that skips what is done.
+
+Deciding what to run needs no keypoint-moseq or JAX import: a stage's fingerprint
+is a hash of the manifest sections it reads, the fingerprints of the stages it
+depends on, the package versions, and (for ingest) the input files' content.
+Stage modules are imported only when a stage actually runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from . import __version__, inputs
+from .state import JobState, fingerprint, hash_file
+
+log = logging.getLogger("kpms_job")
+
+
+def package_versions() -> dict:
+    out = {"kpms-job": __version__}
+    for p in ("keypoint-moseq", "jax-moseq", "jax", "jaxlib"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+@dataclass
+class Stage:
+    name: str
+    module: str
+    deps: tuple
+    reads: callable  # manifest -> the part of it this stage depends on
+    title: str
+
+
+def _pick(m, *keys):
+    return {k: m.get(k) for k in keys}
+
+
+STAGES = [
+    Stage("ingest", "kpms_job.stages.ingest", (),
+          lambda m: {"inputs": m["inputs"], "bodyparts": m["bodyparts"], "fps": m["fps"],
+                     "pre": {k: v for k, v in m["preprocessing"].items() if k != "outlier_scale_factor"},
+                     "model": {k: m["model"][k] for k in ("num_states", "seed")}},
+          "load recordings, QA, project config"),
+    Stage("outliers", "kpms_job.stages.preprocess", ("ingest",),
+          lambda m: {"scale": m["preprocessing"]["outlier_scale_factor"]},
+          "outlier removal and QA plots"),
+    Stage("pca", "kpms_job.stages.pca", ("outliers",), lambda m: m["pca"],
+          "PCA, scree and PC figures"),
+    Stage("arhmm", "kpms_job.stages.fit_arhmm", ("pca",),
+          lambda m: {"model": m["model"], "iters": m["fitting"]["arhmm_iters"],
+                     "tuning": m.get("tuning"), "targets": m["targets"],
+                     "save_every": m["fitting"]["save_every"]},
+          "AR-HMM fit"),
+    Stage("full_model", "kpms_job.stages.fit_full", ("arhmm",),
+          lambda m: {"model": m["model"], "iters": m["fitting"]["full_iters"],
+                     "tuning": m.get("tuning"), "targets": m["targets"],
+                     "save_every": m["fitting"]["save_every"]},
+          "full keypoint-SLDS fit"),
+    Stage("reindex", "kpms_job.stages.reindex", ("full_model",), lambda m: {},
+          "reindex syllables by frequency"),
+    Stage("results", "kpms_job.stages.results", ("reindex",), lambda m: {"csv": m["outputs"]["csv"]},
+          "results.h5 and per-recording CSVs"),
+    Stage("figures", "kpms_job.stages.figures", ("results",),
+          lambda m: {"outputs": m["outputs"], "videos": m["inputs"].get("videos"),
+                     "skeleton": m["bodyparts"]["skeleton"]},
+          "syllable figures and grid movies"),
+    Stage("summary", "kpms_job.stages.summary", ("figures",), lambda m: {"targets": m["targets"]},
+          "summary.json and summary.md"),
+]
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def input_hashes(m: dict) -> dict:
+    files = {f: hash_file(f) for f in inputs.expand(m)}
+    for v in inputs.video_files(m["inputs"].get("videos")):
+        files[v] = Path(v).stat().st_size  # videos are large: size stands in for content
+    return files
+
+
+@dataclass
+class Decision:
+    stage: Stage
+    fingerprint: str
+    run: bool
+    reason: str
+    parts: dict = field(default_factory=dict)
+
+
+def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision]:
+    """For each stage: run or skip, and why."""
+    versions = package_versions()
+    files = input_hashes(m) if files is None else files
+    out: dict[str, Decision] = {}
+    decisions = []
+    for st in STAGES:
+        parts = {
+            "manifest": fingerprint(st.reads(m)),
+            "upstream": fingerprint([out[d].fingerprint for d in st.deps]),
+            "versions": fingerprint(versions),
+        }
+        if st.name == "ingest":
+            parts["files"] = fingerprint(files)
+        fp = fingerprint(st.name, parts)
+        rec = state.stage(st.name)
+        if rec is None:
+            run, reason = True, "not done yet"
+        elif rec["fingerprint"] != fp:
+            old = rec.get("info", {}).get("_parts", {})
+            changed = [k for k in parts if old.get(k) != parts[k]]
+            labels = {"manifest": "its manifest settings changed", "upstream": "an earlier stage changed",
+                      "versions": "package versions changed", "files": "input files changed"}
+            reason = ", ".join(labels[c] for c in changed) or "fingerprint changed"
+            run = True
+        else:
+            missing = [o for o in rec.get("info", {}).get("outputs", [])
+                       if not (state.project_dir / o).exists()]
+            run = bool(missing)
+            reason = f"output missing: {missing[0]}" if missing else f"done at {rec['finished_at']}, unchanged"
+        d = Decision(st, fp, run, reason, parts)
+        out[st.name] = d
+        decisions.append(d)
+    # a stage whose upstream reruns must rerun as well, even when its fingerprint holds
+    rerun = set()
+    for d in decisions:
+        if not d.run and any(dep in rerun for dep in d.stage.deps):
+            d.run, d.reason = True, "an earlier stage reruns"
+        if d.run:
+            rerun.add(d.stage.name)
+    return decisions
+
+
+class Context:
+    """What a stage gets: the manifest, the project dir, the state and shared helpers."""
+
+    def __init__(self, m: dict, state: JobState, stop=None):
+        self.m = m
+        self.project_dir = Path(m["project_dir"])
+        self.state = state
+        self.cache: dict = {}
+        self.stop = stop  # callable -> bool: a graceful stop was requested
+        self.fingerprints: dict = {}
+
+    @property
+    def work_dir(self) -> Path:
+        d = self.project_dir / ".kpms-job"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def info(self, stage: str) -> dict:
+        rec = self.state.stage(stage)
+        return rec["info"] if rec else {}
+
+    @property
+    def fps(self) -> float:
+        return float(self.info("ingest")["fps"])
+
+    @property
+    def model_name(self) -> str:
+        return self.m["model"]["name"]
+
+    @property
+    def arhmm_name(self) -> str:
+        return self.m["model"]["name"] + "_arhmm"
+
+
+def run(m: dict, state: JobState, stop=None) -> dict:
+    """Run every stage that is not done; return {stage: 'ran'|'skipped'}."""
+    ctx = Context(m, state, stop)
+    outcome = {}
+    decisions = decide(m, state)
+    ctx.fingerprints = {d.stage.name: d.fingerprint for d in decisions}
+    for d in decisions:
+        st = d.stage
+        if not d.run:
+            log.info("skip  %-10s %s", st.name, d.reason)
+            outcome[st.name] = "skipped"
+            continue
+        log.info("run   %-10s %s (%s)", st.name, st.title, d.reason)
+        t0 = time.monotonic()
+        module = importlib.import_module(st.module)
+        info = module.run(ctx) or {}
+        info["_parts"] = d.parts
+        seconds = time.monotonic() - t0
+        state.record_stage(st.name, d.fingerprint, seconds, info)
+        log.info("done  %-10s in %.1f s", st.name, seconds)
+        outcome[st.name] = "ran"
+    return outcome

@@ -1,0 +1,82 @@
+"""Resumable Gibbs fits shared by the AR-HMM and full-model stages.
+
+A fit is identified by a key (hash of everything that determines its chain). If
+the checkpoint on disk was written under the same key, the fit resumes from its
+newest good snapshot instead of starting again; otherwise it starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from ..console import IterationProgress
+from ..errors import Interrupted
+
+log = logging.getLogger("kpms_job")
+
+
+def settings(ctx) -> dict:
+    """Fitting settings from the memory plan (chosen once per process, before any trace)."""
+    if "settings" not in ctx.cache:
+        from .. import kpms_adapter as A
+        from .. import resources
+
+        plan = resources.plan_for_context(ctx)
+        A.configure(plan["mixed_map_iters"])
+        ctx.cache["settings"] = plan
+    return ctx.cache["settings"]
+
+
+def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_only: bool,
+              label: str, on_iteration=None):
+    """Run (or resume) a fit to ``num_iters`` iterations; return (model, data, metadata).
+
+    Parameters
+    ----------
+    make_model : callable () -> (model, data, metadata)
+        Builds the initial model when there is nothing to resume.
+    on_iteration : callable (iteration, model, data) -> model or None, optional
+        Called after every iteration (kappa tuning corrects the chain here).
+    """
+    from .. import kpms_adapter as A
+
+    pd = str(ctx.project_dir)
+    plan = settings(ctx)
+    fits = ctx.state.get("fits", {})
+    resumed = None
+    if fits.get(model_name) == key:
+        resumed = A.load_latest_snapshot(pd, model_name)
+        if resumed is not None and resumed[3] > num_iters:
+            log.info("%s: the saved fit ran past %d iterations; starting again", label, num_iters)
+            resumed = None
+    if resumed is not None:
+        model, data, metadata, start = resumed
+        log.info("%s: resuming from the snapshot at iteration %d", label, start)
+    else:
+        shutil.rmtree(ctx.project_dir / model_name, ignore_errors=True)
+        fits[model_name] = key
+        ctx.state.put("fits", fits)
+        model, data, metadata = make_model()
+        start = 0
+    if start >= num_iters:
+        return model, data, metadata
+    bar = IterationProgress(label, start, num_iters)
+
+    def hook(it, mdl):
+        out = on_iteration(it, mdl, data) if on_iteration else None
+        bar.update(it)
+        return out
+
+    try:
+        model, last = A.run_gibbs(
+            model, data, metadata, pd, model_name, start_iter=start, num_iters=num_iters,
+            ar_only=ar_only, save_every=ctx.m["fitting"]["save_every"], fps=ctx.fps,
+            parallel_message_passing=plan["parallel_message_passing"], on_iteration=hook,
+            should_stop=ctx.stop)
+    finally:
+        bar.close()
+    if last < num_iters:
+        raise Interrupted(f"{label} stopped at iteration {last} of {num_iters} (snapshot saved); "
+                          "rerun the same command to continue from there")
+    return model, data, metadata

@@ -1,0 +1,152 @@
+"""Load the recordings, check them, exclude unusable ones, write the project config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import inputs
+from ..errors import InputDataError, ManifestError
+from . import arrays
+
+log = logging.getLogger("kpms_job")
+
+
+def _load_all(m):
+    from .. import kpms_adapter as A
+
+    fmt = m["inputs"]["format"]
+    coords, confs, origin = {}, {}, {}
+    bodyparts = None
+    first_file = None
+    for path in inputs.expand(m):
+        try:
+            c, f, bps = A.load_file(path, fmt, m["inputs"]["exclude_individuals"])
+        except InputDataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a data problem here
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputDataError(
+                f"{path}: could not be read as inputs.format '{fmt}' ({type(exc).__name__}: {text}). "
+                "Check that the file is complete and that inputs.format matches how it was made.") from exc
+        if bodyparts is None:
+            bodyparts, first_file = bps, path
+        elif list(bps) != list(bodyparts):
+            if set(bps) == set(bodyparts):  # same bodyparts, other order: put them in ours
+                idx = [list(bps).index(b) for b in bodyparts]
+                c = {k: v[:, idx] for k, v in c.items()}
+                f = {k: v[:, idx] for k, v in f.items()}
+            else:
+                raise InputDataError(
+                    f"{path}: its bodyparts differ from those of {first_file}: it lacks "
+                    f"{sorted(set(bodyparts) - set(bps)) or 'none'} and adds "
+                    f"{sorted(set(bps) - set(bodyparts)) or 'none'}. Every recording must have the "
+                    "same bodyparts: list the shared ones in bodyparts.use, or split the job.")
+        for name in c:
+            if name in coords:
+                raise InputDataError(
+                    f"{path}: recording name '{name}' is also produced by {origin[name]}; "
+                    "rename one of the files (recording names come from file names).")
+            origin[name] = path
+        coords.update(c)
+        confs.update(f)
+    return coords, confs, list(bodyparts), origin
+
+
+def _resolve_fps(m, names, origin):
+    from .. import kpms_adapter as A
+
+    if m["fps"] != "auto":
+        return float(m["fps"]), "manifest"
+    found = {}
+    if m["inputs"].get("videos"):
+        try:
+            videos = A.find_videos(m["inputs"]["videos"], names)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not match videos to recordings: %s", exc)
+            videos = {}
+        for v in videos.values():
+            fps = A.video_fps(v)
+            if fps:
+                found[v] = fps
+    if not found and m["inputs"]["format"] == "nwb":
+        for path in set(origin.values()):
+            fps = A.nwb_fps(path)
+            if fps and 1.0 < fps < 2000.0:  # timestamps in frame numbers give 1 fps: not a rate
+                found[path] = fps
+    if not found:
+        raise ManifestError([
+            "fps: 'auto' could not find the frame rate (no video in inputs.videos matched the "
+            "recordings, and no NWB timing in seconds). Set fps to the recordings' frame rate, "
+            "for example fps: 30"])
+    rates = sorted(set(round(v, 3) for v in found.values()))
+    if len(rates) > 1:
+        raise ManifestError([f"fps: 'auto' found different frame rates {rates} in {sorted(found)}; "
+                             "set fps explicitly (one job models recordings of one frame rate)"])
+    return rates[0], f"auto: {Path(next(iter(found))).name}"
+
+
+def run(ctx):
+    from .. import kpms_adapter as A
+
+    m = ctx.m
+    pre = m["preprocessing"]
+    coords, confs, bodyparts, origin = _load_all(m)
+    use = m["bodyparts"]["use"] or bodyparts
+    missing = [b for b in use + (m["bodyparts"]["anterior"] or []) + (m["bodyparts"]["posterior"] or [])
+               + [b for pair in m["bodyparts"]["skeleton"] for b in pair] if b not in bodyparts]
+    if missing:
+        raise InputDataError(
+            f"{next(iter(origin.values()))}: bodyparts {sorted(set(missing))} named in the manifest "
+            f"are not in the recordings, which have {bodyparts}. Fix bodyparts in the manifest.")
+    anterior = m["bodyparts"]["anterior"] or [use[0]]
+    posterior = m["bodyparts"]["posterior"] or [use[-1]]
+    if set(anterior) & set(posterior):
+        raise InputDataError(
+            f"bodyparts: anterior {anterior} and posterior {posterior} share "
+            f"{sorted(set(anterior) & set(posterior))}; name different bodyparts for each end of the body.")
+    use_idx = [bodyparts.index(b) for b in use]
+
+    recordings, excluded = {}, {}
+    for name, xy in coords.items():
+        xy = np.asarray(xy, dtype=float)
+        sel = xy[:, use_idx]
+        if np.isinf(sel).any():
+            raise InputDataError(
+                f"{origin[name]}: recording '{name}' has {int(np.isinf(sel).sum())} infinite coordinate "
+                "values; the file is damaged. Re-export it from the tracker, or remove it from inputs.paths.")
+        frames = sel.shape[0]
+        nan_frac = float(np.isnan(sel).any(axis=-1).mean()) if frames else 1.0
+        low_conf = float((np.asarray(confs[name])[:, use_idx] < pre["conf_threshold"]).mean()) if frames else 1.0
+        recordings[name] = {"file": origin[name], "frames": int(frames),
+                            "nan_fraction": round(nan_frac, 4), "low_confidence_fraction": round(low_conf, 4)}
+        if nan_frac > pre["max_nan_fraction"]:
+            excluded[name] = (f"{nan_frac:.0%} of frames have missing keypoints, above "
+                              f"preprocessing.max_nan_fraction {pre['max_nan_fraction']}")
+        elif frames < pre["min_frames"]:
+            excluded[name] = f"{frames} frames, fewer than preprocessing.min_frames {pre['min_frames']}"
+    for name, why in excluded.items():
+        log.warning("excluded %s (%s): %s", name, origin[name], why)
+    kept = [n for n in sorted(coords) if n not in excluded]
+    if not kept:
+        detail = "; ".join(f"{origin[n]} [{n}]: {w}" for n, w in excluded.items())
+        raise InputDataError(f"no recording is usable: {detail}")
+
+    fps, fps_source = _resolve_fps(m, kept, origin)
+    arrays.save(ctx.work_dir / "keypoints.npz", {n: coords[n] for n in kept},
+                {n: confs[n] for n in kept}, bodyparts)
+    A.setup_project(
+        str(ctx.project_dir), bodyparts=bodyparts, use=use, anterior=anterior, posterior=posterior,
+        skeleton=m["bodyparts"]["skeleton"], fps=fps, video_dir=m["inputs"].get("videos"),
+        conf_threshold=pre["conf_threshold"], outlier_scale_factor=pre["outlier_scale_factor"],
+        noise_calibration=pre.get("noise_calibration"), num_states=m["model"]["num_states"],
+        kappa=m["model"]["kappa"], seed=m["model"]["seed"])
+    total = sum(recordings[n]["frames"] for n in kept)
+    log.info("%d recording(s), %d frames, %d bodyparts used, fps %.3g (%s)",
+             len(kept), total, len(use), fps, fps_source)
+    return {"recordings": recordings, "used": kept, "excluded": excluded, "bodyparts": bodyparts,
+            "use_bodyparts": use, "anterior": anterior, "posterior": posterior, "fps": fps,
+            "fps_source": fps_source, "frames": total,
+            "outputs": ["config.yml", ".kpms-job/keypoints.npz"]}
