@@ -26,11 +26,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import h5py  # noqa: E402
 import jax  # noqa: E402
 import keypoint_moseq as kpms  # noqa: E402
-from jax_moseq.models import keypoint_slds  # noqa: E402
-from jax_moseq.utils import check_for_nans, device_put_as_scalar, get_durations  # noqa: E402
-from jax_moseq.utils import set_mixed_map_iters  # noqa: E402
-
 import matplotlib  # noqa: E402
+from jax_moseq.models import keypoint_slds  # noqa: E402
+from jax_moseq.utils import (  # noqa: E402
+    check_for_nans,
+    device_put_as_scalar,
+    get_durations,
+    set_mixed_map_iters,  # noqa: E402
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -325,19 +328,20 @@ def drop_snapshots_after(path, iteration: int) -> None:
 
 def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int, num_iters: int,
               ar_only: bool, save_every: int, fps: float, parallel_message_passing: bool,
-              on_iteration=None, should_stop=None, progress_plots=True):
+              on_iteration=None, should_stop=None, finished=None, on_nan=None, progress_plots=True):
     """Gibbs sampling with keypoint-moseq's model and checkpoint format.
 
     Like ``kpms.fit_model`` (same resampling function, same checkpoint layout, so
     ``kpms.load_checkpoint`` reads it) but snapshot ``i`` is always the model after
     ``i`` resamples, so resuming from snapshot ``k`` runs iterations ``k+1..`` and
     gives the same chain as an uninterrupted run. It also checks ``should_stop``
-    after every iteration (a graceful stop saves first) and lets ``on_iteration``
-    adjust the model (kappa tuning).
+    after every iteration (a graceful stop saves first), lets ``on_iteration``
+    adjust the model (kappa tuning), ends early when ``finished(i)`` says so, and
+    lets ``on_nan`` replace a model that produced NaNs.
 
     Returns
     -------
-    model, last_iteration
+    model, last_iteration, done
     """
     path = checkpoint_path(project_dir, model_name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,8 +350,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     else:
         drop_snapshots_after(path, start_iter)
     model = device_put_as_scalar(model)
-    it = start_iter
-    last_saved = start_iter
+    it, done = start_iter, False
     for it in range(start_iter + 1, num_iters + 1):
         try:
             new = keypoint_slds.resample_model(
@@ -359,25 +362,28 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
             raise
         any_nans, _, messages = check_for_nans(new)
         if any_nans:
-            raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages)
-                         + f" (last saved iteration {last_saved})")
-        model = new
-        if on_iteration is not None:
-            model = on_iteration(it, model) or model
-        stopping = bool(should_stop and should_stop())
-        if it == num_iters or it % save_every == 0 or stopping:
+            replacement = on_nan(it, model) if on_nan is not None else None
+            if replacement is None:
+                raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages))
+            log.warning("%s: NaNs at iteration %d; continuing from the previous state", model_name, it)
+            new = device_put_as_scalar(replacement)
+        elif on_iteration is not None:
+            new = on_iteration(it, new) or new
+        model = device_put_as_scalar(new)
+        done = finished(it) if finished is not None else it == num_iters
+        stopping = bool(should_stop and should_stop()) and not done
+        if done or it % save_every == 0 or stopping:
             _save_snapshot(path, model, it)
-            last_saved = it
-            if progress_plots and (it == num_iters or stopping is False):
+            if progress_plots and not stopping:
                 try:
                     with quiet():
                         kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
                                            savefig=True, fps=fps)
                 except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
                     log.debug("progress plot failed: %s", exc)
-        if stopping:
+        if done or stopping:
             break
-    return model, it
+    return model, it, done
 
 
 def median_duration_ms(model, data, fps: float) -> float:

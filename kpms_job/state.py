@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import LockHeld, OutputError
@@ -27,7 +27,7 @@ STATE_VERSION = 1
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def output_error(exc: OSError, path) -> OutputError:

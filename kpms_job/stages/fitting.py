@@ -29,7 +29,7 @@ def settings(ctx) -> dict:
 
 
 def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_only: bool,
-              label: str, on_iteration=None):
+              label: str, on_iteration=None, on_start=None, finished=None, on_nan=None):
     """Run (or resume) a fit to ``num_iters`` iterations; return (model, data, metadata).
 
     Parameters
@@ -38,6 +38,11 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
         Builds the initial model when there is nothing to resume.
     on_iteration : callable (iteration, model, data) -> model or None, optional
         Called after every iteration (kappa tuning corrects the chain here).
+    on_start : callable (start_iteration, model) -> None, optional
+        Called once before sampling, with 0 for a fresh fit or the snapshot resumed from.
+    finished : callable (iteration) -> bool, optional
+        Ends the chain before ``num_iters`` (the tuner decides its own length).
+    on_nan : callable (iteration, last_good_model) -> model or None, optional
     """
     from .. import kpms_adapter as A
 
@@ -59,7 +64,9 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
         ctx.state.put("fits", fits)
         model, data, metadata = make_model()
         start = 0
-    if start >= num_iters:
+    if on_start is not None:
+        on_start(start, model)
+    if start >= num_iters or (finished is not None and start > 0 and finished(start)):
         return model, data, metadata
     bar = IterationProgress(label, start, num_iters)
 
@@ -69,14 +76,15 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
         return out
 
     try:
-        model, last = A.run_gibbs(
+        model, last, done = A.run_gibbs(
             model, data, metadata, pd, model_name, start_iter=start, num_iters=num_iters,
             ar_only=ar_only, save_every=ctx.m["fitting"]["save_every"], fps=ctx.fps,
             parallel_message_passing=plan["parallel_message_passing"], on_iteration=hook,
-            should_stop=ctx.stop)
+            should_stop=ctx.stop, finished=finished,
+            on_nan=(lambda it, mdl: on_nan(it, mdl, data)) if on_nan else None)
     finally:
         bar.close()
-    if last < num_iters:
+    if not done:
         raise Interrupted(f"{label} stopped at iteration {last} of {num_iters} (snapshot saved); "
                           "rerun the same command to continue from there")
     return model, data, metadata

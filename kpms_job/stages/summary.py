@@ -12,7 +12,7 @@ def build(ctx) -> dict:
     ing, pca, res = ctx.info("ingest"), ctx.info("pca"), ctx.info("results")
     arhmm, full, figs = ctx.info("arhmm"), ctx.info("full_model"), ctx.info("figures")
     lo, hi = ctx.m["targets"]["median_duration_ms"]
-    median = res.get("median_duration_ms")
+    median = full.get("median_duration_ms", res.get("median_duration_ms"))
     return {
         "finished_at": now_iso(),
         "project_dir": str(ctx.project_dir),

@@ -1,0 +1,213 @@
+"""Kappa tuning: the search itself, pure and testable without keypoint-moseq.
+
+The tuner steers ONE continuing Gibbs chain instead of fitting separate attempts:
+every ``check_every`` iterations it measures the median syllable duration (the mean
+of log per-iteration medians since the chain settled at the current kappa, which
+averages out the iteration-to-iteration noise), and if that is away from the target
+it moves kappa on the log scale by a secant step. The chain is warm at every
+attempt, so each attempt costs ``check_every`` iterations rather than a whole fit,
+and the drift of the duration as the chain runs on is corrected where it happens.
+
+Once the measurement sits in the target band, kappa is frozen and the chain must run
+``fixed_iters`` more iterations at that one kappa (the final stretch). If drift
+takes it out of the window during that stretch and there is budget left, kappa is
+corrected and the stretch starts again. There are no search bounds: steps are
+limited to ``max_step`` decades each, so any kappa (1e0..1e20) is reachable.
+
+The whole tuner state is a function of the observations, so replaying the saved
+per-iteration medians up to a snapshot rebuilds exactly the tuner that wrote it
+(resume after a kill never refits an attempt and takes the same decisions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TunerConfig:
+    lo_ms: float
+    hi_ms: float
+    kappa0: float
+    min_iters: int  # the chain runs at least this long (the manifest's iterations)
+    max_iters: int  # hard budget
+    fixed_iters: int  # final stretch at one kappa
+    check_every: int = 10
+    settle: int = 3  # iterations after a kappa change before measuring
+    max_step: float = 3.0  # decades per correction
+    slope0: float = 0.25  # prior d log10(duration) / d log10(kappa)
+    band: float = 0.6  # fraction of the window (log scale, centred) that counts as "on target"
+
+
+@dataclass
+class Check:
+    iteration: int
+    kappa: float
+    median_ms: float | None
+    in_window: bool
+    action: str
+
+    def as_dict(self):
+        return {"iter": self.iteration, "kappa": self.kappa, "median_ms": self.median_ms,
+                "in_window": self.in_window, "action": self.action}
+
+
+@dataclass
+class KappaTuner:
+    cfg: TunerConfig
+    kappa: float = field(init=False)
+    changed_at: int = field(default=0, init=False)
+    frozen: bool = field(default=False, init=False)
+    gave_up: str | None = field(default=None, init=False)
+    checks: list = field(default_factory=list, init=False)
+    medians: list = field(default_factory=list, init=False)  # (iteration, median_ms or None)
+    points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
+
+    def __post_init__(self):
+        self.kappa = float(self.cfg.kappa0)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def center(self) -> float:
+        return 0.5 * (math.log10(self.cfg.lo_ms) + math.log10(self.cfg.hi_ms))
+
+    def on_target(self, ms: float) -> bool:
+        half = 0.5 * self.cfg.band * (math.log10(self.cfg.hi_ms) - math.log10(self.cfg.lo_ms))
+        return abs(math.log10(ms) - self.center) <= half
+
+    def in_window(self, ms: float | None) -> bool:
+        return ms is not None and self.cfg.lo_ms <= ms <= self.cfg.hi_ms
+
+    # ------------------------------------------------------------------ schedule
+    def end_iteration(self) -> int:
+        """The iteration the chain must reach under the current plan."""
+        return min(self.cfg.max_iters, max(self.cfg.min_iters, self.changed_at + self.cfg.fixed_iters))
+
+    def last_change_allowed(self) -> int:
+        return self.cfg.max_iters - self.cfg.fixed_iters
+
+    def done(self, iteration: int) -> bool:
+        return iteration >= self.end_iteration()
+
+    # ------------------------------------------------------------------ search
+    def _measure(self, iteration: int) -> float | None:
+        start = self.changed_at + self.cfg.settle
+        vals = [m for i, m in self.medians if start < i <= iteration]
+        if any(v is None for v in vals):
+            return None
+        vals = [v for v in vals if v > 0]
+        if not vals:
+            return None
+        return 10 ** (sum(math.log10(v) for v in vals) / len(vals))
+
+    def _slope(self) -> float:
+        """d log10 duration / d log10 kappa from the measured points, or the prior."""
+        pts = self.points[-4:]
+        xs = [p[0] for p in pts]
+        if len(pts) >= 2 and max(xs) - min(xs) > 0.05:
+            mx = sum(xs) / len(xs)
+            my = sum(p[1] for p in pts) / len(pts)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            sxy = sum((x - mx) * (p[1] - my) for x, p in zip(xs, pts, strict=True))
+            s = sxy / sxx
+            if s > 0.02:  # noise can make it flat or negative: then trust the prior more
+                return min(max(s, 0.05), 2.0)
+        return self.cfg.slope0
+
+    def _saturated(self) -> bool:
+        """Duration stopped responding: kappa moved many decades with no effect."""
+        pts = self.points[-4:]
+        if len(pts) < 4:
+            return False
+        span = max(p[0] for p in pts) - min(p[0] for p in pts)
+        dy = max(p[1] for p in pts) - min(p[1] for p in pts)
+        return span >= 3 * self.cfg.max_step - 1e-9 and dy < 0.03
+
+    def _set(self, kappa: float, iteration: int) -> None:
+        self.kappa = float(kappa)
+        self.changed_at = iteration
+
+    def observe(self, iteration: int, median_ms: float | None) -> float | None:
+        """Record the median duration after ``iteration``; return a new kappa or None."""
+        if median_ms is not None and not math.isfinite(median_ms):
+            median_ms = None
+        self.medians.append((iteration, median_ms))
+        if median_ms is None:  # NaN fit: step halfway back toward the last kappa that worked
+            good = [c.kappa for c in self.checks if c.median_ms is not None]
+            back = math.sqrt(self.kappa * good[-1]) if good else self.kappa / 10
+            self.checks.append(Check(iteration, self.kappa, None, False, f"NaN: kappa -> {back:.3g}"))
+            self._set(back, iteration)
+            self.frozen = False
+            return self.kappa
+        since = iteration - self.changed_at
+        if since < self.cfg.settle + self.cfg.check_every or (since - self.cfg.settle) % self.cfg.check_every:
+            return None
+        if self.gave_up:
+            return None
+        measured = self._measure(iteration)
+        if measured is None:
+            return None
+        self.points.append((math.log10(self.kappa), math.log10(measured)))
+        inside = self.in_window(measured)
+        if self.on_target(measured) or (self.frozen and inside):
+            self.frozen = True
+            self.checks.append(Check(iteration, self.kappa, measured, inside, "hold"))
+            return None
+        if iteration > self.last_change_allowed():
+            self.checks.append(Check(iteration, self.kappa, measured, inside, "hold (no budget left)"))
+            return None
+        if self._saturated():
+            self.gave_up = (f"the median duration stopped responding to kappa (about {measured:.0f} ms "
+                            f"for kappa across {10 ** min(p[0] for p in self.points[-4:]):.3g}.."
+                            f"{10 ** max(p[0] for p in self.points[-4:]):.3g})")
+            best = self.best()
+            self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
+            if best is not None and best["kappa"] != self.kappa:
+                self._set(best["kappa"], iteration)
+                return self.kappa
+            return None
+        step = (self.center - math.log10(measured)) / self._slope()
+        step = max(-self.cfg.max_step, min(self.cfg.max_step, step))
+        new = self.kappa * 10 ** step
+        self.checks.append(Check(iteration, self.kappa, measured, inside, f"kappa -> {new:.3g}"))
+        self.frozen = False
+        self._set(new, iteration)
+        return self.kappa
+
+    def best(self) -> dict | None:
+        """The check whose duration was closest to the window's centre (log scale)."""
+        ok = [c for c in self.checks if c.median_ms is not None]
+        if not ok:
+            return None
+        c = min(ok, key=lambda c: abs(math.log10(c.median_ms) - self.center))
+        return c.as_dict()
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def replay(cls, cfg: TunerConfig, medians: list, upto: int) -> KappaTuner:
+        """Rebuild the tuner from saved observations up to iteration ``upto``."""
+        t = cls(cfg)
+        for it, med in medians:
+            if it > upto:
+                break
+            t.observe(int(it), med)
+        return t
+
+    def report(self, final_ms: float | None) -> dict:
+        inside = self.in_window(final_ms)
+        fixed_from = self.changed_at
+        if inside:
+            verdict = (f"in window: final median {final_ms:.0f} ms at kappa {self.kappa:.3g}; "
+                       f"the last {self.end_iteration() - fixed_from} iterations ran at that fixed kappa")
+        else:
+            best = self.best()
+            closest = f"{best['median_ms']:.0f} ms at kappa {best['kappa']:.3g}" if best else "none"
+            why = self.gave_up or "the budget ran out before the duration settled in the window"
+            verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: final median "
+                       f"{'NaN' if final_ms is None else f'{final_ms:.0f}'} ms at kappa {self.kappa:.3g}; "
+                       f"{why}; closest measured: {closest}")
+        return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": self.kappa,
+                "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
+                "fixed_kappa_iters": self.end_iteration() - fixed_from,
+                "iterations": self.end_iteration(), "gave_up": self.gave_up}

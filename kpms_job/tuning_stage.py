@@ -1,0 +1,141 @@
+"""Kappa tuning wired into the AR-HMM and full-model fits (the search is in tuning.py).
+
+Each phase is one resumable chain (stages/fitting.py). The per-iteration median
+durations are saved in the job state as the chain runs; on resume the tuner is
+rebuilt by replaying them up to the snapshot the chain resumes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from .manifest import tuning_settings
+from .stages.fit_arhmm import initial_model
+from .stages.fit_full import from_arhmm
+from .stages.fitting import fit_chain
+from .state import fingerprint
+from .tuning import KappaTuner, TunerConfig
+
+log = logging.getLogger("kpms_job")
+
+
+def _config(ctx, kappa0: float, iters: int, budget: float) -> TunerConfig:
+    ts = tuning_settings(ctx.m)
+    lo, hi = ctx.m["targets"]["median_duration_ms"]
+    fixed = max(ts["check_every"], math.ceil(ts["fixed_fraction"] * iters))
+    return TunerConfig(lo_ms=float(lo), hi_ms=float(hi), kappa0=float(kappa0), min_iters=iters,
+                       max_iters=max(iters, int(budget * iters)), fixed_iters=fixed,
+                       check_every=ts["check_every"])
+
+
+def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_model, ar_only: bool):
+    from . import kpms_adapter as A
+
+    saved = ctx.state.get("tuning", {})
+    medians = saved.get(name, {}).get("medians", []) if saved.get(name, {}).get("key") == key else []
+    holder = {}
+
+    def persist():
+        allt = ctx.state.get("tuning", {})
+        allt[name] = {"key": key, "medians": holder["t"].medians}
+        ctx.state.put("tuning", allt)
+
+    def on_start(start, model):
+        t = KappaTuner.replay(cfg, medians, start)
+        if start and abs(math.log10(t.kappa) - math.log10(A.model_kappa(model))) > 1e-9:
+            log.warning("%s: tuner state does not match the snapshot's kappa; using the snapshot's", label)
+            t.kappa = A.model_kappa(model)
+        holder["t"] = t
+        persist()
+
+    def on_iteration(it, model, data):
+        t = holder["t"]
+        new = t.observe(it, A.median_duration_ms(model, data, ctx.fps))
+        persist()
+        if new is not None:
+            c = t.checks[-1]
+            log.info("%s: iteration %d, median %.0f ms at kappa %.3g -> kappa %.3g", label, it,
+                     c.median_ms or float("nan"), c.kappa, new)
+            return A.set_kappa(model, new)
+        return None
+
+    def on_nan(it, last_good, data):
+        t = holder["t"]
+        new = t.observe(it, None)
+        persist()
+        return A.set_kappa(last_good, new)
+
+    def make():
+        model, data, metadata = make_model()
+        return A.set_kappa(model, cfg.kappa0), data, metadata
+
+    model, data, _ = fit_chain(ctx, name, key, make, cfg.max_iters, ar_only=ar_only, label=label,
+                               on_iteration=on_iteration, on_start=on_start,
+                               finished=lambda it: holder["t"].done(it), on_nan=on_nan)
+    t = holder["t"]
+    final = A.median_duration_ms(model, data, ctx.fps)
+    report = t.report(final)
+    (log.info if report["in_window"] else log.warning)("%s tuning: %s", label, report["verdict"])
+    plot_trace(report, cfg, ctx.project_dir / name / "kappa_trace", label)
+    return model, report
+
+
+def plot_trace(report: dict, cfg: TunerConfig, base, label: str) -> None:
+    """log10 kappa against median duration for every check, the target band shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [a for a in report["attempts"] if a["median_ms"] is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.axhspan(cfg.lo_ms, cfg.hi_ms, color="tab:green", alpha=0.2, label="target window")
+    if pts:
+        xs = [math.log10(a["kappa"]) for a in pts]
+        ys = [a["median_ms"] for a in pts]
+        ax.plot(xs, ys, "-", color="0.6", lw=1)
+        sc = ax.scatter(xs, ys, c=[a["iter"] for a in pts], cmap="viridis", zorder=3)
+        fig.colorbar(sc, ax=ax, label="iteration")
+    if report["final_median_ms"] is not None:
+        ax.scatter([math.log10(report["final_kappa"])], [report["final_median_ms"]], marker="*", s=160,
+                   color="tab:red", zorder=4, label="final model")
+    ax.set_xlabel("log10 kappa")
+    ax.set_ylabel("median syllable duration (ms)")
+    ax.set_title(f"{label}: kappa tuning")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(f"{base}.png", dpi=150)
+    fig.savefig(f"{base}.pdf")
+    plt.close(fig)
+
+
+def run_arhmm(ctx):
+    ts = tuning_settings(ctx.m)
+    iters = ctx.m["fitting"]["arhmm_iters"]
+    cfg = _config(ctx, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"])
+    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"], ts, ctx.m["targets"], iters, "arhmm-tuned")
+    model, report = _tuned_chain(ctx, ctx.arhmm_name, "AR-HMM", key, cfg,
+                                 lambda: initial_model(ctx, cfg.kappa0), ar_only=True)
+    return {"kappa": report["final_kappa"], "iterations": report["iterations"],
+            "median_duration_ms": report["final_median_ms"], "tuning": report,
+            "model_name": ctx.arhmm_name,
+            "outputs": [f"{ctx.arhmm_name}/checkpoint.h5", f"{ctx.arhmm_name}/kappa_trace.png"]}
+
+
+def run_full(ctx):
+    from . import kpms_adapter as A
+
+    ts = tuning_settings(ctx.m)
+    iters = ctx.m["fitting"]["full_iters"]
+    ar_kappa = ctx.info("arhmm")["kappa"]
+    start = ctx.m["model"]["full_kappa"] or ar_kappa * ts["full_kappa_ratio"]
+    cfg = _config(ctx, start, iters, ts["full_budget"])
+    key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, "full-tuned")
+    model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
+                                 lambda: from_arhmm(ctx, start), ar_only=False)
+    A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))
+    return {"kappa": report["final_kappa"], "iterations": report["iterations"],
+            "median_duration_ms": report["final_median_ms"], "tuning": report,
+            "model_name": ctx.model_name,
+            "outputs": [f"{ctx.model_name}/checkpoint.h5", f"{ctx.model_name}/kappa_trace.png"]}

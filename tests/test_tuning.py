@@ -1,0 +1,116 @@
+"""The kappa search on its own, against simulated chains (no keypoint-moseq needed).
+
+Each simulated chain maps (kappa, iterations run) to a per-iteration median syllable
+duration in ms, quantised to whole frames at 30 fps like real data.
+"""
+
+import math
+import random
+
+import pytest
+
+from kpms_job.tuning import KappaTuner, TunerConfig
+
+FPS = 30.0
+
+
+def quantise(ms):
+    return round(ms * FPS / 1000.0) * 1000.0 / FPS
+
+
+def make_cfg(kappa0=1e6, iters=200, budget=1.3, **kw):
+    return TunerConfig(lo_ms=300, hi_ms=400, kappa0=kappa0, min_iters=iters,
+                       max_iters=int(budget * iters), fixed_iters=iters // 2, **kw)
+
+
+def drive(tuner, response, seed=0):
+    """Run the tuner against ``response(kappa, it, rng)``; return (final ms, last iteration)."""
+    rng = random.Random(seed)
+    ms, it = None, 0
+    for it in range(1, tuner.cfg.max_iters + 1):
+        ms = response(tuner.kappa, it, rng)
+        tuner.observe(it, ms)
+        if tuner.done(it):
+            break
+    return (response(tuner.kappa, it, rng) if ms is None else ms), it
+
+
+def power_law(k_target, slope=0.25, noise=0.0, drift=0.0, cap=None):
+    """Duration 350 ms at k_target, times k^slope; lognormal noise; upward drift over iterations."""
+    def f(kappa, it, rng):
+        ms = 350.0 * (kappa / k_target) ** slope
+        ms *= 1.0 + drift * (1 - math.exp(-it / 60.0))
+        if cap is not None:
+            ms = min(ms, cap)
+        ms *= math.exp(rng.gauss(0, noise))
+        return quantise(max(ms, 1000.0 / FPS))
+    return f
+
+
+@pytest.mark.parametrize("k_target", [1e3, 1e6, 1e9])
+def test_monotone_response_lands_in_window_within_budget(k_target):
+    t = KappaTuner(make_cfg(kappa0=1e6))
+    final, last = drive(t, power_law(k_target))
+    assert t.in_window(final), t.report(final)["verdict"]
+    assert last <= 260
+    assert t.report(final)["fixed_kappa_iters"] >= 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_response_still_lands(seed):
+    t = KappaTuner(make_cfg(kappa0=1e5))
+    final, last = drive(t, power_law(3e7, noise=0.15), seed=seed)
+    # the measurement averages iterations: the chain's own mean is what must be inside
+    assert 300 <= 350.0 * (t.kappa / 3e7) ** 0.25 <= 400
+    assert last <= 260
+
+
+@pytest.mark.parametrize("k_target", [1e0, 1e17])
+def test_target_far_outside_any_fixed_bounds(k_target):
+    # the baseline bisects log10 kappa in [3, 18]; 1e0 and 1e17 need no bounds at all here
+    t = KappaTuner(make_cfg(kappa0=1e6, iters=200, budget=1.3))
+    final, _ = drive(t, power_law(k_target, slope=0.4))
+    assert t.in_window(final), t.report(final)["verdict"]
+
+
+def test_drift_during_the_chain_is_corrected_and_final_stretch_is_fixed():
+    t = KappaTuner(make_cfg(kappa0=1e6))
+    final, last = drive(t, power_law(1e6, drift=0.6))
+    rep = t.report(final)
+    assert rep["in_window"], rep["verdict"]
+    # the last fixed_kappa_iters iterations ran at one kappa: no change after that point
+    changes = [a["iter"] for a in rep["attempts"] if a["action"].startswith("kappa")]
+    assert not changes or last - max(changes) >= 100
+
+
+def test_saturating_response_gives_up_with_a_plain_verdict():
+    t = KappaTuner(make_cfg(kappa0=1e6))
+    final, last = drive(t, power_law(1e6, cap=150.0))
+    rep = t.report(final)
+    assert not rep["in_window"]
+    assert "NOT in window" in rep["verdict"] and "closest" in rep["verdict"]
+    assert last <= 260
+
+
+def test_nan_fits_step_back_toward_the_last_kappa_that_worked():
+    base = power_law(1e9, slope=0.3)
+
+    def f(kappa, it, rng):
+        return None if kappa > 1e11 else base(kappa, it, rng)
+
+    t = KappaTuner(make_cfg(kappa0=1e4))
+    final, _ = drive(t, f)
+    assert any(a["median_ms"] is None for a in t.report(final)["attempts"]) or t.in_window(final)
+    assert t.kappa <= 1e11
+    assert t.in_window(final), t.report(final)["verdict"]
+
+
+def test_replay_rebuilds_the_same_tuner_at_any_iteration():
+    cfg = make_cfg(kappa0=1e4)
+    t = KappaTuner(cfg)
+    drive(t, power_law(1e8, noise=0.1), seed=3)
+    for upto in (0, 17, 55, 120, t.medians[-1][0]):
+        r = KappaTuner.replay(cfg, t.medians, upto)
+        ref = KappaTuner.replay(cfg, t.medians[: sum(1 for i, _ in t.medians if i <= upto)], 10**9)
+        assert r.kappa == ref.kappa and r.changed_at == ref.changed_at
+        assert [c.as_dict() for c in r.checks] == [c.as_dict() for c in ref.checks]
