@@ -107,12 +107,15 @@ def _tuning_verdict(state, m) -> int:
 def cmd_run(args) -> int:
     import time
 
-    from . import manifest, pipeline, signals
+    from . import inputs, manifest, pipeline, signals
     from .errors import Interrupted
     from .state import JobState, ProjectLock
 
     t0 = time.monotonic()
     m = manifest.load(args.manifest)
+    # a pattern that matches no file is reported now, before the project dir is created
+    inputs.expand(m)
+    inputs.video_files(m["inputs"].get("videos"))
     signals.install()
     with ProjectLock(m["project_dir"]) as lock:
         lock.acquire(wait=args.wait)
@@ -158,3 +161,7 @@ def main(argv=None) -> int:
         print(f"kpms-job: unexpected error: {type(exc).__name__}: {exc}\n"
               "Rerun with --debug for the traceback, and report it if it persists.", file=sys.stderr)
         return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
