@@ -8,17 +8,20 @@ BIN := $(VENV)/bin
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-setup:  ## create .venv from the lock file and install kpms-job into it
+setup: $(VENV)/.installed  ## create .venv from the lock file and install kpms-job into it
+
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need Python 3.11 ($(PY))"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
 
-test:  ## the test suite (what CI runs)
+test: setup  ## the whole test suite (what CI runs)
 	$(BIN)/pytest -q
 
-lint:  ## ruff
+lint: setup  ## ruff
 	$(BIN)/ruff check .
 
 demo: setup  ## run the bundled example job

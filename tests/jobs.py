@@ -1,0 +1,51 @@
+"""Helpers to write tiny manifests and run the real job in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CSV = ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv"
+
+
+def tiny_manifest(tmp: Path, **overrides) -> Path:
+    """The bundled recording (1 x 2330 frames x 4 keypoints, 30 fps) with few iterations."""
+    m = {
+        "project_dir": "./project",
+        "inputs": {"format": "deeplabcut", "paths": [str(EXAMPLE_CSV)]},
+        "bodyparts": {"anterior": ["snout"], "posterior": ["tailbase"],
+                      "skeleton": [["snout", "tailbase"]]},
+        "fps": 30,
+        "model": {"num_states": 20, "kappa": 1e4, "seed": 0},
+        "tuning": "off",
+        "fitting": {"arhmm_iters": 6, "full_iters": 6, "save_every": 2},
+        "outputs": {"grid_movies": False},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            m.setdefault(section, {})[field] = value
+        else:
+            m[section] = value
+    path = tmp / "manifest.yml"
+    path.write_text(yaml.safe_dump(m))
+    return path
+
+
+def run_job(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    e = dict(os.environ, NO_COLOR="1")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kpms_job", *map(str, args)], capture_output=True,
+                          text=True, env=e, timeout=timeout, cwd=ROOT)
+
+
+def start_job(*args, env=None) -> subprocess.Popen:
+    e = dict(os.environ, NO_COLOR="1")
+    e.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "kpms_job", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=e, cwd=ROOT)
