@@ -7,6 +7,7 @@ never half of one; a copy of the previous good state is kept as ``state.json.bak
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -18,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import faults
 from .errors import LockHeld, OutputError
 
 log = logging.getLogger("kpms_job")
@@ -50,6 +52,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("state-write")
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -68,9 +71,20 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _canonical(value):
+    """Equal numbers hash equally: ``kappa: 1e6`` and ``kappa: 1000000`` are one setting."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def fingerprint(*parts) -> str:
     """A stable hash of JSON-serialisable parts."""
-    text = json.dumps(parts, sort_keys=True, default=str)
+    text = json.dumps(_canonical(parts), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -146,13 +160,29 @@ class JobState:
         atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True, default=str))
 
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds, about 1 s precision), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 class ProjectLock:
     """One writer per project dir, also across hosts of a shared filesystem.
 
-    The lock is a file created with O_EXCL holding host, pid and a heartbeat that
-    a background thread refreshes. A lock whose process is gone (same host) or
-    whose heartbeat is older than ``stale_after`` seconds (any host) is stale and
-    is taken over by renaming it away first, so two recoverers cannot both win.
+    The lock is a file created with O_EXCL holding host, pid, the creation time and
+    a heartbeat that a background thread refreshes. A lock is stale when its process
+    is gone (same host: the pid is dead, or now belongs to a process that started
+    after the lock was made, such as this one in a restarted container), or when its
+    heartbeat is older than ``stale_after`` seconds (any host). A lock that cannot be
+    read (being written this instant) is judged by its file's age. A stale lock is
+    taken over by renaming it away first and checking that what was renamed is the
+    lock judged stale, so two recoverers cannot both win.
     """
 
     HEARTBEAT_S = 20.0
@@ -162,28 +192,66 @@ class ProjectLock:
         self.stale_after = stale_after
         self._stop = threading.Event()
         self._thread = None
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now_iso()}
+        self.lost = False  # set when another job took the lock over (we were judged stale)
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now_iso(), "created": time.time()}
 
-    def _holder(self) -> dict | None:
+    def _read(self, path: Path) -> str | None:
         try:
-            return json.loads(self.path.read_text())
+            return path.read_text()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return {"host": "?", "pid": -1, "since": "?", "heartbeat": 0}
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _parse(text: str) -> dict:
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = None
+        if not isinstance(holder, dict):  # being written this instant, or damaged: its age decides
+            return {"host": "?", "pid": "?", "since": "?"}
+        return holder
+
+    def _holder(self) -> dict | None:
+        text = self._read(self.path)
+        return None if text is None else self._parse(text)
+
+    def _pid_alive_and_holder(self, holder: dict) -> bool | None:
+        """Same host: whether the holder's process still runs (None: cannot tell)."""
+        try:
+            pid = int(holder.get("pid"))
+        except (TypeError, ValueError):
+            return None
+        created = holder.get("created")
+        if not isinstance(created, (int, float)) or isinstance(created, bool):
+            created = None
+        if pid == os.getpid():
+            if created is None:
+                return False  # our pid, but not made by this process's lock code: a previous run
+            started = _process_start(pid)
+            # this process started after the lock was made: a previous run left it (same pid
+            # in a restarted container); else this process holds it through another object
+            return started is not None and started <= float(created) + 1.0
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OverflowError, ValueError):
+            return True
+        if created is not None:
+            started = _process_start(pid)
+            if started is not None and started > float(created) + 1.0:
+                return False  # the pid was reused by a process that started after the lock was made
+        return True
 
     def _is_stale(self, holder: dict) -> bool:
         if holder.get("host") == self.me["host"]:
-            try:
-                os.kill(int(holder.get("pid", -1)), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError, OverflowError):
-                pass
-            else:
-                return False
+            alive = self._pid_alive_and_holder(holder)
+            if alive is not None:
+                return not alive
         beat = holder.get("heartbeat")
-        if beat is None:
+        if not isinstance(beat, (int, float)) or isinstance(beat, bool):
             try:
                 beat = self.path.stat().st_mtime
             except FileNotFoundError:
@@ -198,38 +266,79 @@ class ProjectLock:
             return False
         except OSError as exc:
             raise output_error(exc, self.path) from exc
+        self.me["since"], self.me["created"] = now_iso(), time.time()
         with os.fdopen(fd, "w") as fh:
             json.dump({**self.me, "heartbeat": time.time()}, fh)
         return True
 
+    def _take_over(self, text: str, holder: dict) -> None:
+        """Remove the stale lock whose content was ``text``, unless it changed meanwhile."""
+        aside = self.path.with_name(f"lock.stale.{self.me['host']}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another recoverer was first
+        if self._read(aside) != text:
+            # between our look and the rename, another job replaced the stale lock by its own
+            # fresh one (or the holder beat): put it back, unless a lock exists again
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this filesystem
+                if not self.path.exists():
+                    os.rename(aside, self.path)
+                    return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        log.warning("recovered a stale lock left by %s pid %s (since %s)",
+                    holder.get("host"), holder.get("pid"), holder.get("since"))
+
     def acquire(self, wait: bool = False, poll: float = 2.0) -> None:
+        waiting = False
         while True:
             if self._try_create():
                 break
-            holder = self._holder()
-            if holder is None:
+            text = self._read(self.path)
+            if text is None:
                 continue
+            holder = self._parse(text)
             if self._is_stale(holder):
-                aside = self.path.with_name(f"lock.stale.{os.getpid()}")
-                try:
-                    os.rename(self.path, aside)
-                    os.unlink(aside)
-                    log.warning("recovered a stale lock left by %s pid %s (since %s)",
-                                holder.get("host"), holder.get("pid"), holder.get("since"))
-                except FileNotFoundError:
-                    pass
+                self._take_over(text, holder)
                 continue
             if not wait:
+                if holder.get("host") == "?":
+                    raise LockHeld(
+                        f"project dir {self.path.parent.parent} is locked: {self.path} is being written "
+                        f"or is unreadable. If no job runs there, it is taken over {self.stale_after:.0f} s "
+                        "after its last change; run with --wait to queue behind it.")
                 raise LockHeld(
                     f"project dir {self.path.parent.parent} is in use by another job: host "
                     f"{holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}. "
                     "Wait for it to finish, or run with --wait to queue behind it.")
+            if not waiting:
+                log.info("waiting for the job on host %s, pid %s (since %s) to release %s",
+                         holder.get("host"), holder.get("pid"), holder.get("since"), self.path.parent.parent)
+                waiting = True
             time.sleep(poll)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
+    def _mine(self, holder: dict | None) -> bool:
+        return bool(holder) and all(holder.get(k) == self.me[k] for k in ("host", "pid", "created"))
+
     def _beat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):
+            holder = self._holder()
+            if not self._mine(holder):
+                self.lost = True
+                log.error("another job took over the lock on %s (host %s, pid %s): this job was judged "
+                          "stale; stop it and rerun", self.path.parent.parent,
+                          (holder or {}).get("host"), (holder or {}).get("pid"))
+                return
             try:
                 atomic_write_text(self.path, json.dumps({**self.me, "heartbeat": time.time()}))
             except OutputError:
@@ -237,8 +346,7 @@ class ProjectLock:
 
     def release(self) -> None:
         self._stop.set()
-        holder = self._holder()
-        if holder and holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
+        if self._mine(self._holder()):
             try:
                 self.path.unlink()
             except OSError:
