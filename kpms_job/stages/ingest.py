@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 
@@ -98,9 +99,16 @@ def run(ctx):
     missing = [b for b in use + (m["bodyparts"]["anterior"] or []) + (m["bodyparts"]["posterior"] or [])
                + [b for pair in m["bodyparts"]["skeleton"] for b in pair] if b not in bodyparts]
     if missing:
+        hints = []
+        for b in sorted(set(missing)):
+            close = difflib.get_close_matches(b, bodyparts, n=1, cutoff=0.6)
+            close = close or [c for c in bodyparts if c.lower() == b.lower()]
+            if close:
+                hints.append(f"'{b}' -> '{close[0]}'?")
+        hint = f" Did you mean: {', '.join(hints)}" if hints else ""
         raise InputDataError(
             f"{next(iter(origin.values()))}: bodyparts {sorted(set(missing))} named in the manifest "
-            f"are not in the recordings, which have {bodyparts}. Fix bodyparts in the manifest.")
+            f"are not in the recordings, which have {bodyparts}. Fix bodyparts in the manifest.{hint}")
     anterior = m["bodyparts"]["anterior"] or [use[0]]
     posterior = m["bodyparts"]["posterior"] or [use[-1]]
     if set(anterior) & set(posterior):
@@ -123,7 +131,7 @@ def run(ctx):
         recordings[name] = {"file": origin[name], "frames": int(frames),
                             "nan_fraction": round(nan_frac, 4), "low_confidence_fraction": round(low_conf, 4)}
         if nan_frac > pre["max_nan_fraction"]:
-            excluded[name] = (f"{nan_frac:.0%} of frames have missing keypoints, above "
+            excluded[name] = (f"{nan_frac:.0%} of its keypoint positions are missing, above "
                               f"preprocessing.max_nan_fraction {pre['max_nan_fraction']}")
         elif frames < pre["min_frames"]:
             excluded[name] = f"{frames} frames, fewer than preprocessing.min_frames {pre['min_frames']}"
