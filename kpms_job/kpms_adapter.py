@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .errors import InputDataError, JobError
 
 log = logging.getLogger("kpms_job")
@@ -353,6 +354,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     it, done = start_iter, False
     for it in range(start_iter + 1, num_iters + 1):
         try:
+            faults.point(f"resample:{model_name}:{it}")
             new = keypoint_slds.resample_model(
                 data, **model, ar_only=ar_only, jitter=1e-3,
                 parallel_message_passing=parallel_message_passing)
@@ -370,6 +372,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         elif on_iteration is not None:
             new = on_iteration(it, new) or new
         model = device_put_as_scalar(new)
+        faults.point(f"iter:{model_name}:{it}")
         done = finished(it) if finished is not None else it == num_iters
         stopping = bool(should_stop and should_stop()) and not done
         if done or it % save_every == 0 or stopping:

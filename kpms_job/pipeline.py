@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import __version__, inputs
+from . import __version__, faults, inputs
 from .state import JobState, fingerprint, hash_file
 
 log = logging.getLogger("kpms_job")
@@ -185,10 +185,14 @@ def run(m: dict, state: JobState, stop=None) -> dict:
             outcome[st.name] = "skipped"
             continue
         log.info("run   %-10s %s (%s)", st.name, st.title, d.reason)
+        if stop is not None and stop():
+            break
+        faults.point(f"stage-start:{st.name}")
         t0 = time.monotonic()
         module = importlib.import_module(st.module)
         info = module.run(ctx) or {}
         info["_parts"] = d.parts
+        faults.point(f"stage-end:{st.name}")
         seconds = time.monotonic() - t0
         state.record_stage(st.name, d.fingerprint, seconds, info)
         log.info("done  %-10s in %.1f s", st.name, seconds)

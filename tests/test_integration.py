@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from .jobs import ROOT, run_job, tiny_manifest
+from jobs import ROOT, run_job, tiny_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

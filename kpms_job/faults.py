@@ -1,0 +1,37 @@
+"""Fault injection for the resilience tests: ``KPMS_JOB_FAULT=action@point[,action@point]``.
+
+``point`` is a name the code passes to :func:`point`, for example ``stage-start:pca``,
+``stage-end:arhmm``, ``iter:kpms_job:5`` (after Gibbs iteration 5 of model kpms_job,
+before its snapshot), ``state-write`` (between writing the temp file and the rename).
+``action`` is ``kill`` (a real SIGKILL of this process), ``term`` (SIGTERM to itself)
+or ``oom`` (an XLA RESOURCE_EXHAUSTED error). Unset in production: one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_spec = None
+
+
+def _parse():
+    global _spec
+    if _spec is None:
+        _spec = {}
+        for item in filter(None, os.environ.get("KPMS_JOB_FAULT", "").split(",")):
+            action, _, where = item.partition("@")
+            _spec[where.strip()] = action.strip()
+    return _spec
+
+
+def point(name: str) -> None:
+    if "KPMS_JOB_FAULT" not in os.environ:
+        return
+    action = _parse().pop(name, None)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif action == "oom":
+        raise RuntimeError(f"RESOURCE_EXHAUSTED: Out of memory (injected at {name})")
