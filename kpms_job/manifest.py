@@ -61,8 +61,14 @@ def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+def _key(key) -> str:
+    """A key as a message shows it: quoted when empty or not printable (a newline in a key)."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() else json.dumps(text)
+
+
 def _field(path) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else str(p) for p in path]
+    parts = [f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else _key(p) for p in path]
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
@@ -152,7 +158,7 @@ def _messages(error, schema) -> list[tuple[tuple, str]]:
             name = str(key)
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(known)}"
-            out.append((tuple(path + [name]), f"{_field(path + [name])}: unknown key '{name}'; {hint}"))
+            out.append((tuple(path + [name]), f"{_field(path + [name])}: unknown key '{_key(name)}'; {hint}"))
         return out
     if error.validator == "required":
         found = re.match(r"'(.*)' is a required property", error.message)
@@ -341,7 +347,7 @@ def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
             if use is not None and name not in use:
                 problems.append((
                     ("bodyparts", key),
-                    f"bodyparts.{key}: '{name}' is not in bodyparts.use {use}; "
+                    f"bodyparts.{key}: '{_key(name)}' is not in bodyparts.use {use}; "
                     "add it to use or pick one of them"))
     both = [n for n in _names(bp, "posterior") if n in _names(bp, "anterior")]
     if both:
@@ -355,7 +361,7 @@ def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
             if isinstance(name, str) and use is not None and name not in use:
                 problems.append((
                     ("bodyparts", "skeleton", i),
-                    f"bodyparts.skeleton[{i}]: '{name}' is not in bodyparts.use; "
+                    f"bodyparts.skeleton[{i}]: '{_key(name)}' is not in bodyparts.use; "
                     "add it to use or drop the pair"))
     return problems
 

@@ -1,0 +1,86 @@
+"""Shared fixtures of the fast suite: the CLI in-process and in a subprocess, manifests on disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "manifest.yml"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # real tracking data; absent on a fresh clone
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logger():
+    """``main()`` points the kpms_job logger at the sys.stderr of its test; undo that afterwards."""
+    yield
+    logger = logging.getLogger("kpms_job")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``kpms_job.cli.main(args)`` in this process: returns (exit code, stdout, stderr)."""
+    from kpms_job.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def run_cli(*args, cwd=ROOT, timeout=120) -> subprocess.CompletedProcess:
+    """``python -m kpms_job.cli ARGS`` in a fresh process (for ``run``: it installs signal handlers)."""
+    env = dict(os.environ, NO_COLOR="1")
+    return subprocess.run([sys.executable, "-m", "kpms_job.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_manifest(folder: Path, content, name: str = "manifest.yml") -> Path:
+    """Write a manifest: text as it is, or a dict as YAML (JSON for a .json name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    elif name.endswith(".json"):
+        import json
+
+        path.write_text(json.dumps(content))
+    else:
+        path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A manifest (written to tmp_path) whose one input is a small real file copied beside it.
+
+    Returns the manifest path; the input is ``tmp_path/data/rec1.csv`` (the first 50 frames
+    of the bundled DeepLabCut example: 4 keypoints). Nothing heavy runs on it here: the
+    tests that use it plan, validate and fingerprint.
+    """
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = (ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv").read_text().splitlines()
+    (data / "rec1.csv").write_text("\n".join(lines[:53]) + "\n")
+    return write_manifest(tmp_path, {
+        "project_dir": "./project",
+        "inputs": {"format": "deeplabcut", "paths": ["data/*.csv"]},
+        "bodyparts": {"anterior": ["snout"], "posterior": ["tailbase"]},
+        "fps": 30,
+        "tuning": "off",
+        "fitting": {"arhmm_iters": 5, "full_iters": 10, "save_every": 5},
+    })
