@@ -1,0 +1,298 @@
+"""Job state (atomic writes, recovery, content fingerprints) and the project-dir lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kpms_job import state as S
+from kpms_job.errors import EXIT_INTERRUPTED, LockHeld, OutputError
+from kpms_job.state import JobState, ProjectLock, atomic_write_text, fingerprint, hash_file
+
+
+@pytest.fixture
+def warnings_seen(caplog):
+    """Warnings of the kpms_job logger (it does not propagate once the CLI has set it up)."""
+    logger = logging.getLogger("kpms_job")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="kpms_job")
+    yield lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    logger.removeHandler(caplog.handler)
+
+
+# ---------------------------------------------------------------- state file
+def _state_with(project, **stages):
+    st = JobState(project)
+    for name, fp in stages.items():
+        st.record_stage(name, fp, 1.0, {"outputs": []})
+    return st
+
+
+def test_state_round_trips_and_keeps_the_previous_copy(tmp_path):
+    _state_with(tmp_path, ingest="a")
+    _state_with(tmp_path, pca="b")  # a second save: the first file becomes the .bak
+    again = JobState(tmp_path)
+    assert again.stage("ingest")["fingerprint"] == "a" and again.stage("pca")["fingerprint"] == "b"
+    bak = json.loads((tmp_path / ".kpms-job" / "state.json.bak").read_text())
+    assert set(bak["stages"]) == {"ingest"}
+    assert not list((tmp_path / ".kpms-job").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", [lambda t: t[: len(t) // 2], lambda t: "", lambda t: "\x00" * 40,
+                                    lambda t: "[1, 2]", lambda t: '{"version": 99}'],
+                         ids=["truncated", "empty", "zeros", "not-a-mapping", "other-version"])
+def test_a_damaged_state_file_falls_back_to_the_previous_copy(tmp_path, warnings_seen, damage):
+    _state_with(tmp_path, ingest="a")
+    _state_with(tmp_path, ingest="a", pca="b")
+    path = tmp_path / ".kpms-job" / "state.json"
+    path.write_text(damage(path.read_text()))
+    st = JobState(tmp_path)  # no exception
+    assert st.stage("ingest")["fingerprint"] == "a"
+    assert any("previous copy" in w or "not a kpms-job state" in w for w in warnings_seen())
+    assert any("recovered the job state" in w for w in warnings_seen())
+
+
+def test_both_copies_damaged_gives_an_empty_state_and_a_warning(tmp_path, warnings_seen):
+    _state_with(tmp_path, ingest="a")
+    _state_with(tmp_path, pca="b")
+    for name in ("state.json", "state.json.bak"):
+        (tmp_path / ".kpms-job" / name).write_text('{"stages": {"ingest": ')
+    st = JobState(tmp_path)
+    assert st.stage("ingest") is None and st.stage("pca") is None
+    assert any("every stage is checked again" in w for w in warnings_seen())
+    st.record_stage("ingest", "c", 0.0)  # and it can be written again
+    assert JobState(tmp_path).stage("ingest")["fingerprint"] == "c"
+
+
+def test_a_write_that_fails_before_the_rename_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    path.write_text("old")
+
+    def crash(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(S.os, "replace", crash)
+    with pytest.raises(OutputError, match="disk is full"):
+        atomic_write_text(path, "new content")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+
+
+# ---------------------------------------------------------------- fingerprints
+def test_file_hash_follows_content_not_mtime(tmp_path):
+    f = tmp_path / "rec.csv"
+    f.write_text("a,b\n1,2\n")
+    before = hash_file(f)
+    os.utime(f, (time.time() + 3600, time.time() + 3600))
+    assert hash_file(f) == before
+    f.write_text("a,b\n1,3\n")
+    assert hash_file(f) != before
+
+
+def test_fingerprints_are_stable_and_equal_numbers_hash_equally():
+    a = fingerprint({"model": {"kappa": 1e6, "seed": 0}, "list": [1, 2]})
+    assert a == fingerprint({"list": [1, 2], "model": {"seed": 0, "kappa": 1000000}})  # order, 1e6 == 1000000
+    assert a != fingerprint({"model": {"kappa": 1e5, "seed": 0}, "list": [1, 2]})
+    assert a != fingerprint({"model": {"kappa": 1e6, "seed": 0}, "list": [2, 1]})
+    # stable across processes (hash randomisation must not leak in)
+    code = ("from kpms_job.state import fingerprint; "
+            "print(fingerprint({'model': {'kappa': 1e6, 'seed': 0}, 'list': [1, 2]}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONHASHSEED="123")).stdout.strip()
+    assert out == a
+
+
+# ---------------------------------------------------------------- lock
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from kpms_job.state import ProjectLock
+    lock = ProjectLock(sys.argv[1])
+    lock.acquire()
+    print("held", flush=True)
+    hold = float(sys.argv[2])
+    if hold < 0:
+        sys.stdin.read()      # hold until the test closes stdin
+    else:
+        time.sleep(hold)
+    lock.release()
+    print("released", flush=True)
+""")
+
+
+def _holder(project, hold=-1.0):
+    """A separate process that takes the lock on ``project`` and holds it."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(project), str(hold)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def _write_lock(project, **fields):
+    path = project / ".kpms-job" / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def test_second_job_on_the_same_dir_gets_lockheld_naming_host_pid_since(tmp_path):
+    p = _holder(tmp_path)
+    try:
+        with pytest.raises(LockHeld) as exc:
+            ProjectLock(tmp_path).acquire()
+        assert exc.value.exit_code == EXIT_INTERRUPTED == 75
+        text = str(exc.value)
+        assert socket.gethostname() in text and f"pid {p.pid}" in text and "since 20" in text
+        assert "--wait" in text
+    finally:
+        p.stdin.close()
+        p.wait(10)
+    # once the holder released, the dir is free again and its lock file is gone
+    assert not (tmp_path / ".kpms-job" / "lock").exists()
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
+def test_wait_queues_behind_the_holder_until_it_releases(tmp_path):
+    p = _holder(tmp_path, hold=1.5)
+    t0 = time.monotonic()
+    lock = ProjectLock(tmp_path)
+    lock.acquire(wait=True, poll=0.05)
+    waited = time.monotonic() - t0
+    try:
+        assert p.stdout.readline().strip() == "released"  # it got the lock only after the release
+        assert 0.5 < waited < 30
+        assert json.loads((tmp_path / ".kpms-job" / "lock").read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+        p.wait(10)
+
+
+def test_stale_lock_of_a_dead_process_is_recovered(tmp_path, warnings_seen):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path, host=socket.gethostname(), pid=dead.pid, since="2020-01-01T00:00:00+00:00",
+                created=time.time() - 5, heartbeat=time.time())
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    try:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        assert any("recovered a stale lock" in w and str(dead.pid) in w for w in warnings_seen())
+    finally:
+        lock.release()
+
+
+def test_lock_of_another_host_is_kept_while_it_beats_and_recovered_when_it_stops(tmp_path):
+    path = _write_lock(tmp_path, host="node-that-is-not-here", pid=4242, since="2020-01-01T00:00:00+00:00",
+                       heartbeat=time.time() - 5)
+    with pytest.raises(LockHeld, match="node-that-is-not-here, pid 4242"):
+        ProjectLock(tmp_path, stale_after=120).acquire()
+    assert path.exists()
+    _write_lock(tmp_path, host="node-that-is-not-here", pid=4242, since="2020-01-01T00:00:00+00:00",
+                heartbeat=time.time() - 600)
+    lock = ProjectLock(tmp_path, stale_after=120)
+    lock.acquire()
+    assert json.loads(path.read_text())["host"] == socket.gethostname()
+    lock.release()
+
+
+def test_a_lock_file_being_written_is_not_taken_over(tmp_path):
+    """O_EXCL creates the file before its content is written: a reader can see it empty.
+
+    Taking such a lock over let two jobs start on one project dir (seen with 8 jobs
+    racing for a stale lock). Its age decides instead: fresh is held, old is stale.
+    """
+    path = _write_lock(tmp_path)
+    path.write_text("")
+    with pytest.raises(LockHeld, match="being written or is unreadable"):
+        ProjectLock(tmp_path).acquire()
+    old = time.time() - 1000
+    os.utime(path, (old, old))
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
+def test_a_lock_left_by_an_earlier_process_with_our_pid_is_stale(tmp_path):
+    """A restarted container runs the job under the same pid (and host name) as before."""
+    _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid(), since="2020-01-01T00:00:00+00:00",
+                created=time.time() - 3600, heartbeat=time.time())
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    try:  # while this process holds it, a second acquire (same pid) is refused
+        with pytest.raises(LockHeld):
+            ProjectLock(tmp_path).acquire()
+    finally:
+        lock.release()
+
+
+def test_a_stale_lock_replaced_meanwhile_is_put_back(tmp_path):
+    """Recoverer A judged lock X stale; before A removes it, B replaced X by its own fresh lock.
+
+    A must not remove B's lock (the rename-away-then-check that ``_take_over`` does).
+    """
+    stale = json.dumps({"host": "gone", "pid": 1, "since": "x", "heartbeat": 0})
+    path = _write_lock(tmp_path, host="b-host", pid=77, since="now", heartbeat=time.time())
+    ProjectLock(tmp_path)._take_over(stale, json.loads(stale))
+    assert json.loads(path.read_text())["host"] == "b-host"
+    assert [p.name for p in path.parent.iterdir()] == ["lock"]
+
+
+RACER = textwrap.dedent("""
+    import sys, time
+    from kpms_job.errors import LockHeld
+    from kpms_job.state import ProjectLock
+    lock = ProjectLock(sys.argv[1])
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    try:
+        lock.acquire()
+    except LockHeld:
+        print("refused", flush=True)
+    else:
+        print("won", flush=True)
+        sys.stdin.read()  # hold until every racer has answered
+        lock.release()
+""")
+
+
+def test_many_jobs_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path, host=socket.gethostname(), pid=dead.pid, since="x", heartbeat=time.time())
+    start = time.time() + 1.0
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(start)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(6)]
+    try:
+        results = [r.stdout.readline().strip() for r in racers]
+    finally:
+        for r in racers:
+            r.stdin.close()
+            r.wait(30)
+    assert sorted(results) == ["refused"] * 5 + ["won"], results
+
+
+def test_heartbeat_refreshes_the_lock_and_stops_when_another_job_took_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(ProjectLock, "HEARTBEAT_S", 0.05)
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    try:
+        first = json.loads(lock.path.read_text())["heartbeat"]
+        time.sleep(0.3)
+        assert json.loads(lock.path.read_text())["heartbeat"] > first
+        lock.path.write_text(json.dumps({"host": "other", "pid": 1, "since": "x", "heartbeat": time.time()}))
+        time.sleep(0.3)
+        assert lock.lost
+        assert json.loads(lock.path.read_text())["host"] == "other"  # not overwritten by our beat
+    finally:
+        lock.release()
+    assert lock.path.exists()  # release leaves another job's lock alone
