@@ -320,6 +320,13 @@ def _save_snapshot(path, model, iteration: int, *, first=False, data=None, metad
             save_hdf5(str(path), model, f"model_snapshots/{iteration}", exist_ok=True, overwrite=True)
 
 
+def load_snapshot(project_dir, model_name, iteration: int):
+    with quiet():
+        model, _, _, _ = kpms.load_checkpoint(path=str(checkpoint_path(project_dir, model_name)),
+                                              iteration=int(iteration))
+    return model
+
+
 def drop_snapshots_after(path, iteration: int) -> None:
     with h5py.File(path, "a") as f:
         for k in list(f["model_snapshots"].keys()):
@@ -329,7 +336,8 @@ def drop_snapshots_after(path, iteration: int) -> None:
 
 def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int, num_iters: int,
               ar_only: bool, save_every: int, fps: float, parallel_message_passing: bool,
-              on_iteration=None, should_stop=None, finished=None, on_nan=None, progress_plots=True):
+              on_iteration=None, should_stop=None, finished=None, on_nan=None, save_now=None,
+              progress_plots=True):
     """Gibbs sampling with keypoint-moseq's model and checkpoint format.
 
     Like ``kpms.fit_model`` (same resampling function, same checkpoint layout, so
@@ -375,7 +383,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         faults.point(f"iter:{model_name}:{it}")
         done = finished(it) if finished is not None else it == num_iters
         stopping = bool(should_stop and should_stop()) and not done
-        if done or it % save_every == 0 or stopping:
+        if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
             _save_snapshot(path, model, it)
             if progress_plots and not stopping:
                 try:

@@ -4,9 +4,17 @@ The tuner steers ONE continuing Gibbs chain instead of fitting separate attempts
 every ``check_every`` iterations it measures the median syllable duration (the mean
 of log per-iteration medians since the chain settled at the current kappa, which
 averages out the iteration-to-iteration noise), and if that is away from the target
-it moves kappa on the log scale by a secant step. The chain is warm at every
-attempt, so each attempt costs ``check_every`` iterations rather than a whole fit,
-and the drift of the duration as the chain runs on is corrected where it happens.
+it moves kappa on the log scale. The chain is warm at every attempt, so each attempt
+costs ``settle + check_every`` iterations rather than a whole fit.
+
+Measured on real data: syllables lengthen quickly when kappa rises but shorten only
+slowly when it falls (the chain remembers its long syllables), so a chain that
+overshot misleads every later measurement. The search is therefore a ratchet from
+below: a state whose syllables are too short becomes the new *base* and the chain
+continues from it; an attempt that overshoots is discarded, the chain rolls back to
+the base and tries a smaller kappa. Steps are secant steps on log kappa, kept inside
+the bracket of kappas known to be too low / too high once both are known
+(bisection when the secant leaves it), and limited to ``max_step`` decades.
 
 Once the measurement sits in the target band, kappa is frozen and the chain must run
 ``fixed_iters`` more iterations at that one kappa (the final stretch). If drift
@@ -34,7 +42,7 @@ class TunerConfig:
     max_iters: int  # hard budget
     fixed_iters: int  # final stretch at one kappa
     check_every: int = 10
-    settle: int = 3  # iterations after a kappa change before measuring
+    settle: int = 5  # iterations after a kappa change before measuring
     max_step: float = 3.0  # decades per correction
     slope0: float = 0.25  # prior d log10(duration) / d log10(kappa)
     band: float = 0.6  # fraction of the window (log scale, centred) that counts as "on target"
@@ -63,6 +71,10 @@ class KappaTuner:
     checks: list = field(default_factory=list, init=False)
     medians: list = field(default_factory=list, init=False)  # (iteration, median_ms or None)
     points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
+    base_iter: int = field(default=0, init=False)  # the chain rolls back to this snapshot on overshoot
+    low_k: float | None = field(default=None, init=False)  # highest log10 kappa known too short
+    high_k: float | None = field(default=None, init=False)  # lowest log10 kappa known too long
+    rollback: int | None = field(default=None, init=False)  # set when the last observe asks for one
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -129,17 +141,21 @@ class KappaTuner:
         self.changed_at = iteration
 
     def observe(self, iteration: int, median_ms: float | None) -> float | None:
-        """Record the median duration after ``iteration``; return a new kappa or None."""
+        """Record the median duration after ``iteration``; return a new kappa or None.
+
+        When a new kappa is returned and ``self.rollback`` is not None, the chain must
+        continue from the snapshot at iteration ``self.rollback`` (with the new kappa).
+        """
+        self.rollback = None
         if median_ms is not None and not math.isfinite(median_ms):
             median_ms = None
         self.medians.append((iteration, median_ms))
-        if median_ms is None:  # NaN fit: step halfway back toward the last kappa that worked
-            good = [c.kappa for c in self.checks if c.median_ms is not None]
-            back = math.sqrt(self.kappa * good[-1]) if good else self.kappa / 10
-            self.checks.append(Check(iteration, self.kappa, None, False, f"NaN: kappa -> {back:.3g}"))
-            self._set(back, iteration)
-            self.frozen = False
-            return self.kappa
+        if median_ms is None:  # NaN fit: back to the base, kappa halfway toward what worked
+            lk = math.log10(self.kappa)
+            self.high_k = lk if self.high_k is None else min(self.high_k, lk)
+            new = 0.5 * (lk + self.low_k) if self.low_k is not None else lk - 1.0
+            self.checks.append(Check(iteration, self.kappa, None, False, f"NaN: back to base, kappa -> {10**new:.3g}"))
+            return self._move(10 ** new, iteration, rollback=True)
         since = iteration - self.changed_at
         if since < self.cfg.settle + self.cfg.check_every or (since - self.cfg.settle) % self.cfg.check_every:
             return None
@@ -148,31 +164,52 @@ class KappaTuner:
         measured = self._measure(iteration)
         if measured is None:
             return None
-        self.points.append((math.log10(self.kappa), math.log10(measured)))
+        lk = math.log10(self.kappa)
+        self.points.append((lk, math.log10(measured)))
         inside = self.in_window(measured)
-        if self.on_target(measured) or (self.frozen and inside):
+        if inside and (self.frozen or self.on_target(measured) or not self._has_budget(iteration)):
             self.frozen = True
+            self.base_iter = iteration  # an in-window state: drift past the window rolls back here
             self.checks.append(Check(iteration, self.kappa, measured, inside, "hold"))
             return None
-        if iteration > self.last_change_allowed():
+        if not self._has_budget(iteration):
             self.checks.append(Check(iteration, self.kappa, measured, inside, "hold (no budget left)"))
             return None
         if self._saturated():
             self.gave_up = (f"the median duration stopped responding to kappa (about {measured:.0f} ms "
                             f"for kappa across {10 ** min(p[0] for p in self.points[-4:]):.3g}.."
                             f"{10 ** max(p[0] for p in self.points[-4:]):.3g})")
-            best = self.best()
             self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
-            if best is not None and best["kappa"] != self.kappa:
-                self._set(best["kappa"], iteration)
-                return self.kappa
             return None
+        too_short = math.log10(measured) < self.center
+        if too_short:
+            self.low_k = lk if self.low_k is None else max(self.low_k, lk)
+            self.base_iter = iteration  # progress kept: the chain goes on from here
+        else:
+            self.high_k = lk if self.high_k is None else min(self.high_k, lk)
         step = (self.center - math.log10(measured)) / self._slope()
         step = max(-self.cfg.max_step, min(self.cfg.max_step, step))
-        new = self.kappa * 10 ** step
-        self.checks.append(Check(iteration, self.kappa, measured, inside, f"kappa -> {new:.3g}"))
+        new = lk + step
+        if self.low_k is not None and self.high_k is not None:
+            if not (self.low_k < new < self.high_k):
+                new = 0.5 * (self.low_k + self.high_k)
+            if self.high_k <= self.low_k:  # noise broke the bracket: trust the newest side
+                if too_short:
+                    self.high_k = None
+                else:
+                    self.low_k = None
+        rollback = not too_short and self.base_iter != iteration
+        what = "rollback, " if rollback else ""
+        self.checks.append(Check(iteration, self.kappa, measured, inside, f"{what}kappa -> {10**new:.3g}"))
+        return self._move(10 ** new, iteration, rollback)
+
+    def _has_budget(self, iteration: int) -> bool:
+        return iteration <= self.last_change_allowed()
+
+    def _move(self, kappa: float, iteration: int, rollback: bool) -> float:
         self.frozen = False
-        self._set(new, iteration)
+        self._set(kappa, iteration)
+        self.rollback = self.base_iter if rollback else None
         return self.kappa
 
     def best(self) -> dict | None:

@@ -55,8 +55,10 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
         persist()
         if new is not None:
             c = t.checks[-1]
-            log.info("%s: iteration %d, median %.0f ms at kappa %.3g -> kappa %.3g", label, it,
-                     c.median_ms or float("nan"), c.kappa, new)
+            log.info("%s: iteration %d, median %.0f ms at kappa %.3g: %s", label, it,
+                     c.median_ms or float("nan"), c.kappa, c.action)
+            if t.rollback is not None:
+                model = A.load_snapshot(str(ctx.project_dir), name, t.rollback)
             return A.set_kappa(model, new)
         return None
 
@@ -64,7 +66,8 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
         t = holder["t"]
         new = t.observe(it, None)
         persist()
-        return A.set_kappa(last_good, new)
+        base = A.load_snapshot(str(ctx.project_dir), name, t.rollback) if t.rollback is not None else last_good
+        return A.set_kappa(base, new)
 
     def make():
         model, data, metadata = make_model()
@@ -72,7 +75,8 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
 
     model, data, _ = fit_chain(ctx, name, key, make, cfg.max_iters, ar_only=ar_only, label=label,
                                on_iteration=on_iteration, on_start=on_start,
-                               finished=lambda it: holder["t"].done(it), on_nan=on_nan)
+                               finished=lambda it: holder["t"].done(it), on_nan=on_nan,
+                               save_now=lambda it: holder["t"].base_iter == it)
     t = holder["t"]
     final = A.median_duration_ms(model, data, ctx.fps)
     report = t.report(final)

@@ -35,6 +35,27 @@ def drive(tuner, response, seed=0):
     return (response(tuner.kappa, it, rng) if ms is None else ms), it
 
 
+def test_chain_with_memory_rolls_back_instead_of_waiting_for_long_syllables_to_shrink():
+    """Real chains: durations rise fast with kappa but fall only slowly (measured on real data)."""
+    target = power_law(1e8, slope=0.2)
+    t = KappaTuner(make_cfg(kappa0=1e6, iters=200, budget=1.3))
+    rng = random.Random(1)
+    level = {0: 100.0}
+    final = None
+    for it in range(1, t.cfg.max_iters + 1):
+        goal = target(t.kappa, it, rng)
+        prev = level[it - 1]
+        level[it] = prev + (goal - prev) * (0.5 if goal > prev else 0.01)  # slow to shrink
+        final = quantise(level[it])
+        new = t.observe(it, final)
+        if new is not None and t.rollback is not None:
+            level[it] = level[t.rollback]
+        if t.done(it):
+            break
+    assert t.in_window(final), t.report(final)["verdict"]
+    assert it <= 260
+
+
 def power_law(k_target, slope=0.25, noise=0.0, drift=0.0, cap=None):
     """Duration 350 ms at k_target, times k^slope; lognormal noise; upward drift over iterations."""
     def f(kappa, it, rng):

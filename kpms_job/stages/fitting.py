@@ -29,7 +29,7 @@ def settings(ctx) -> dict:
 
 
 def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_only: bool,
-              label: str, on_iteration=None, on_start=None, finished=None, on_nan=None):
+              label: str, on_iteration=None, on_start=None, finished=None, on_nan=None, save_now=None):
     """Run (or resume) a fit to ``num_iters`` iterations; return (model, data, metadata).
 
     Parameters
@@ -80,7 +80,7 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
             model, data, metadata, pd, model_name, start_iter=start, num_iters=num_iters,
             ar_only=ar_only, save_every=ctx.m["fitting"]["save_every"], fps=ctx.fps,
             parallel_message_passing=plan["parallel_message_passing"], on_iteration=hook,
-            should_stop=ctx.stop, finished=finished,
+            should_stop=ctx.stop, finished=finished, save_now=save_now,
             on_nan=(lambda it, mdl: on_nan(it, mdl, data)) if on_nan else None)
     finally:
         bar.close()

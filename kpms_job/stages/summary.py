@@ -74,10 +74,10 @@ def markdown(s: dict) -> str:
         if not t:
             continue
         lines += ["", f"## {title}", "", t.get("verdict", ""), "",
-                  "| attempt | kappa | iterations | median ms | in window |", "|---|---|---|---|---|"]
+                  "| check | kappa | at iteration | median ms | in window |", "|---|---|---|---|---|"]
         for i, a in enumerate(t.get("attempts", []), 1):
             med = a.get("median_ms")
-            lines.append(f"| {i} | {a['kappa']:.3g} | {a.get('iters', '')} | "
+            lines.append(f"| {i} | {a['kappa']:.3g} | {a.get('iter', '')} | "
                          f"{'NaN' if med is None else f'{med:.0f}'} | {'yes' if a.get('in_window') else 'no'} |")
     lines += ["", "## Figures", ""]
     lines += [f"- {f}" for f in s["figures"]["made"]]
