@@ -1,0 +1,147 @@
+"""The command line: usage errors, exit codes, and ``run`` up to the point where a stage would start."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import EXAMPLE, ROOT, record_all, run_cli, write_manifest
+
+from kpms_job import manifest
+from kpms_job.cli import main
+
+
+def test_help_lists_the_subcommands_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for word in ("run", "validate", "plan", "exit codes", "75 interrupted", "2 manifest or usage error"):
+        assert word in out
+
+
+def test_no_arguments_prints_help_and_exits_0(cli):
+    code, out, _ = cli()
+    assert code == 0 and "usage: kpms-job" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("kpms-job ")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["validate"], "command line:"),
+    (["validate", "m.yml", "--frobnicate"], "--frobnicate"),
+    (["run", "m.yml", "extra.yml"], "command line:"),
+    (["plan"], "plan needs a manifest"),
+    (["plan", "--frames", "many"], "--frames"),
+])
+def test_usage_errors_exit_2_with_one_line(cli, args, expected):
+    code, out, err = cli(*args)
+    assert code == 2
+    assert expected in err and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "plan"])
+def test_a_manifest_that_is_not_there_exits_2(cli, tmp_path, command):
+    code, _, err = cli(command, tmp_path / "nope.yml")
+    assert code == 2 and "manifest file not found" in err and "nope.yml" in err
+    code, _, err = cli(command, tmp_path)
+    assert code == 2 and "is a folder" in err
+
+
+def test_the_container_entrypoint_and_module_entry_validate_the_example():
+    for cmd in ([sys.executable, "entrypoint.py", "validate", str(EXAMPLE)],
+                [sys.executable, "-m", "kpms_job.cli", "validate", str(EXAMPLE)]):
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert "valid" in res.stdout
+
+
+# ---------------------------------------------------------------- run, in a fresh process
+NO_HEAVY = textwrap.dedent("""
+    import sys
+    from kpms_job.cli import main
+    code = main(sys.argv[1:])
+    heavy = [m for m in ("jax", "keypoint_moseq", "jax_moseq", "h5py") if m in sys.modules]
+    print("HEAVY", heavy, file=sys.stderr)
+    sys.exit(code)
+""")
+
+
+def test_run_with_a_pattern_that_matches_nothing_exits_3_before_any_heavy_import(tmp_path):
+    path = write_manifest(tmp_path, "project_dir: ./project\ninputs: {format: sleap, paths: [tracking/**/*.slp]}\n")
+    res = subprocess.run([sys.executable, "-c", NO_HEAVY, "run", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert str(tmp_path / "tracking" / "**" / "*.slp") in res.stderr and "matches no file" in res.stderr
+    assert "HEAVY []" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "project").exists()  # a typo in a path leaves no empty project behind
+
+
+def test_run_with_a_videos_folder_that_is_not_there_exits_3(job):
+    text = job.read_text().replace("inputs:\n", "inputs:\n  videos: ./no_videos_here\n")
+    job.write_text(text)
+    res = run_cli("run", job)
+    assert res.returncode == 3
+    assert "inputs.videos" in res.stderr and "Traceback" not in res.stderr
+    assert not (job.parent / "project").exists()
+
+
+def test_second_run_on_a_finished_project_says_nothing_to_do(job):
+    record_all(manifest.load(job))
+    t0 = time.monotonic()
+    res = run_cli("run", job)
+    assert res.returncode == 0, res.stderr
+    assert "nothing to do" in res.stdout
+    assert time.monotonic() - t0 < 15
+    res = run_cli(job)  # the bare form, as a container runs it
+    assert res.returncode == 0 and "nothing to do" in res.stdout
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from kpms_job.state import ProjectLock
+    lock = ProjectLock(sys.argv[1])
+    lock.acquire()
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    lock.release()
+""")
+
+
+def test_run_on_a_project_another_job_holds_exits_75_or_waits_with_wait(job):
+    record_all(manifest.load(job))
+    project = job.parent / "project"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(project), "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_cli("run", job)
+        assert res.returncode == 75
+        assert f"host {socket.gethostname()}, pid {holder.pid}, since" in res.stderr
+        assert "--wait" in res.stderr and "Traceback" not in res.stderr
+        res = run_cli("run", "--wait", job)  # queues behind the holder, then finds nothing to do
+        assert holder.poll() is not None  # it got the project only once the holder was gone
+        assert res.returncode == 0, res.stderr
+        assert "nothing to do" in res.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (project / ".kpms-job" / "lock").exists()
+
+
+def test_errors_are_plain_text_when_there_is_no_terminal(tmp_path):
+    """Under ``docker run`` (no terminal) the error is plain text on stderr, stdout stays empty."""
+    path = write_manifest(tmp_path, {"inputs": {"format": "deeplabcut", "paths": ["a.csv"]}, "fps": "x"},
+                          "m.json")
+    res = run_cli("validate", path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("kpms-job: error:") and "fps:" in res.stderr
+    assert "\x1b[" not in res.stderr  # no colour codes in logs
