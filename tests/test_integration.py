@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from jobs import ROOT, run_job, tiny_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -96,3 +95,24 @@ def test_changing_full_iters_reruns_only_the_full_fit_and_after(finished):
     assert "run   full_model" in err
     s = json.loads((tmp / "project" / "summary.json").read_text())
     assert s["iterations"]["full_model"] == 8
+
+
+def test_kappa_tuning_through_the_real_pipeline(tmp_path):
+    """Tuning on, tiny budgets: both phases tune, the summary and the trace figures show it."""
+    manifest = tiny_manifest(tmp_path, tuning={"check_every": 3}, model={"num_states": 20, "kappa": 1e6},
+                             fitting={"arhmm_iters": 12, "full_iters": 12, "save_every": 4})
+    res = run_job("run", manifest)
+    s = json.loads((tmp_path / "project" / "summary.json").read_text())
+    assert res.returncode in (0, 5), res.stderr[-3000:]
+    assert (res.returncode == 0) == s["in_target_window"]
+    if res.returncode == 5:
+        assert "did not reach the target window" in res.stderr
+    for phase, key, limit in (("kpms_job_arhmm", "arhmm_tuning", 4 * 12), ("kpms_job", "tuning", int(1.3 * 12))):
+        assert (tmp_path / "project" / phase / "kappa_trace.png").exists()
+        t = s[key]
+        assert t["attempts"], t
+        assert t["iterations"] <= limit
+        assert "window" in t["verdict"]
+    assert s["kappa"]["full_model"] == s["tuning"]["final_kappa"]
+    md = (tmp_path / "project" / "summary.md").read_text()
+    assert "## Full-model kappa tuning" in md
