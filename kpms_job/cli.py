@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from . import __version__
-from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, ManifestError
+from .errors import EXIT_MANIFEST, EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError
 
 log = logging.getLogger("kpms_job")
 
@@ -19,9 +19,15 @@ EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifes
 window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue"""
 
 
+class UsageError(JobError):
+    """A wrong command line: one line, exit 2 (like a manifest error)."""
+
+    exit_code = EXIT_MANIFEST
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 2 with one line, like manifest errors
-        raise ManifestError([f"command line: {message} (see kpms-job --help)"])
+        raise UsageError(f"command line: {message} (see kpms-job --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +77,12 @@ def cmd_plan(args) -> int:
 
     if args.manifest is None:
         if args.frames is None:
-            raise ManifestError(["command line: plan needs a manifest, or --frames N"])
-        from . import memory_cli
-
+            raise UsageError("command line: plan needs a manifest, or --frames N (see kpms-job --help)")
+        try:
+            from . import memory_cli
+        except ImportError as exc:
+            raise UsageError("command line: plan --frames needs the memory planner, which this version "
+                             "of kpms-job does not include; plan a manifest instead") from exc
         return memory_cli.plan_frames(args)
     m = manifest.load(args.manifest)
     state = JobState(m["project_dir"])
