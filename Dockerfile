@@ -7,7 +7,9 @@
 # BASE_IMAGE is pinned; CI substitutes a local Debian bookworm base with Debian's own
 # python3.11 (deploy/container/local-base.sh), which is why Python is used only through
 # the venv at /opt/venv, created from whichever python3.11 the base has.
-ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+#
+# The official python:3.11.14-slim-bookworm, pinned by its multi-platform index digest.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 FROM ${BASE_IMAGE}
 
 # cuda12: jax[cuda12], whose wheels carry the CUDA libraries (the host needs only the
@@ -23,7 +25,7 @@ LABEL org.opencontainers.image.title="kpms-job" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.base.name="${BASE_IMAGE}" \
-      io.github.kpms-job.jax="${JAX}"
+      kpms-job.jax="${JAX}"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -34,18 +36,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 # PIP_CERT: the system CA bundle, so a build that mounts the host's CA folder over
-# /etc/ssl/certs (a TLS-inspecting proxy) reaches the index; harmless otherwise.
+# /etc/ssl/certs (behind a TLS-inspecting proxy) reaches the index. ARGs, not ENV: the pip
+# settings are for the build only.
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ARG PIP_DISABLE_PIP_VERSION_CHECK=1
 ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:${PATH} \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+    PATH=/opt/venv/bin:${PATH}
 
 COPY requirements.lock requirements-cuda.lock /opt/kpms-job/
 RUN python3.11 -m venv /opt/venv \
- && pip install --quiet --no-deps --require-virtualenv -r /opt/kpms-job/requirements.lock \
+ && pip install --quiet --no-cache-dir --no-deps --require-virtualenv -r /opt/kpms-job/requirements.lock \
  && if [ "${JAX}" = cuda12 ]; then \
-        pip install --quiet --no-deps --require-virtualenv -r /opt/kpms-job/requirements-cuda.lock; \
+        pip install --quiet --no-cache-dir --no-deps --require-virtualenv -r /opt/kpms-job/requirements-cuda.lock; \
     elif [ "${JAX}" != cpu ]; then \
         echo "build arg JAX must be cuda12 or cpu, not '${JAX}'" >&2; exit 2; \
     fi \

