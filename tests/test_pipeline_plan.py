@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import record_all, write_manifest
+from conftest import ROOT, record_all, write_manifest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kpms_job import inputs, manifest, pipeline
+from kpms_job.cli import main
 from kpms_job.errors import InputDataError
 from kpms_job.state import JobState
 
 ALL = [s.name for s in pipeline.STAGES]
 FROM_FULL_MODEL = {"full_model", "reindex", "results", "figures", "summary"}
+EXAMPLE_CSV = ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv"
+EXAMPLE_DATA = manifest.read_manifest_file(ROOT / "examples" / "manifest.yml")
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
 
 
 def plan(m) -> dict:
@@ -230,3 +242,43 @@ def test_a_file_of_the_wrong_kind_for_the_format_is_an_input_error(tmp_path):
     (tmp_path / "rec.csv").write_text("x")
     with pytest.raises(InputDataError, match=r"suffix \.nwb .* but got \.csv"):
         inputs.expand(_m(tmp_path, ["rec.csv"], fmt="nwb"))
+
+
+# ---------------------------------------------------------------- property-based
+@st.composite
+def odd_but_valid_edits(draw):
+    """The example manifest with paths, names and numbers a user might write: valid or not."""
+    m = copy.deepcopy(EXAMPLE_DATA)
+    text = st.text(alphabet="ab/.*?[]~_- ", min_size=1, max_size=12)
+    edits = {
+        ("project_dir",): text | st.sampled_from(["/", ".", "..", "~", "data", "./project/"]),
+        ("inputs", "paths"): st.lists(text | st.just("data/*.csv"), min_size=1, max_size=3),
+        ("inputs", "videos"): text | st.sampled_from([".", "data"]),
+        ("model", "name"): text,
+        ("fps",): st.floats(allow_nan=False) | st.just("auto"),
+        ("bodyparts", "use"): st.lists(st.sampled_from(["snout", "leftear", "tailbase", "x"]), max_size=4),
+    }
+    for path in draw(st.lists(st.sampled_from(sorted(edits)), min_size=1, max_size=3)):
+        parent = m if len(path) == 1 else m[path[0]]
+        parent[path[-1]] = draw(edits[path])
+    if draw(st.booleans()):  # and sometimes any value for a whole section
+        m[draw(st.sampled_from(sorted(m)))] = draw(VALUES)
+    return m
+
+
+@settings(max_examples=60, deadline=None)
+@given(odd_but_valid_edits())
+def test_plan_on_odd_manifests_exits_0_2_or_3_never_crashes(m):
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "job"
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / "openfield_dlc_inference_example.csv").symlink_to(EXAMPLE_CSV)
+        path = folder / "manifest.yml"
+        path.write_text(yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["plan", str(path)])
+        text = out.getvalue() + err.getvalue()
+        assert code in (0, 2, 3), text
+        assert "Traceback" not in text
+        assert code == 0 or err.getvalue().startswith("kpms-job: error:")
