@@ -48,7 +48,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"""),
+    re.compile(r"""^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"""),
     list("-+0123456789."),
 )
 
@@ -225,7 +225,8 @@ def _parse_error(path: Path, exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return f"{path}: nested too deeply to read; write a plain manifest"
     if not isinstance(exc, yaml.YAMLError):
-        return f"{path}: not valid JSON: {exc}"
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        return f"{path}: not valid {kind}: {exc}"
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -48,6 +48,7 @@ INVALID = [
     ("bad-enum-format", "inputs: {format: dlc, paths: [a.csv]}\n", ["inputs.format:", "deeplabcut", '"dlc"']),
     ("bad-fps-string", MINIMAL + "fps: 30fps\n", ["fps:", "or auto", '"30fps"']),
     ("zero-fps", MINIMAL + "fps: 0\n", ["fps:", "positive number"]),
+    ("fps-exponent-without-digits", MINIMAL + "fps: .e5\n", ["fps:", '".e5"']),  # was exit 2 "not valid JSON"
     ("targets-min-above-max", MINIMAL + "targets: {median_duration_ms: [400, 300]}\n",
      ["targets.median_duration_ms:", "min < max"]),
     ("targets-one-number", MINIMAL + "targets: {median_duration_ms: [300]}\n", ["targets.median_duration_ms:"]),
