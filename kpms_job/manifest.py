@@ -166,9 +166,6 @@ def _messages(error, schema) -> list[tuple[tuple, str]]:
         expected = _expected(schema, path + [missing]) or "a value"
         field = _field(path + [missing])
         return [(tuple(path + [missing]), f"{field}: required but missing; expected {expected}")]
-    if error.validator == "uniqueItems":
-        return [(tuple(path), f"{_field(path)}: names a bodypart twice ({_show(error.instance)}); "
-                 "list each once")]
     expected = _expected(schema, path) or error.schema.get("errorMessage") or error.message
     return [(tuple(path), f"{_field(path)}: expected {expected}, but found {_show(error.instance)}")]
 
@@ -343,6 +340,10 @@ def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
     if not isinstance(bp, dict):
         return problems
     use = _names(bp, "use") if isinstance(bp.get("use"), list) else None
+    for key in ("use", "anterior", "posterior"):
+        twice = sorted({n for n in _names(bp, key) if _names(bp, key).count(n) > 1})
+        if twice:
+            problems.append((("bodyparts", key), f"bodyparts.{key}: {twice} listed twice; list each bodypart once"))
     for key in ("anterior", "posterior"):
         for name in _names(bp, key):
             if use is not None and name not in use:

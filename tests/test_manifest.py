@@ -58,6 +58,7 @@ INVALID = [
      ["bodyparts.anterior:", "'nose' is not in bodyparts.use"]),
     ("skeleton-not-in-use", MINIMAL + "bodyparts: {use: [neck, tail_base], skeleton: [[neck, nose]]}\n",
      ["bodyparts.skeleton[0]:", "'nose'"]),
+    ("bodypart-twice", MINIMAL + "bodyparts: {use: [nose, neck, nose]}\n", ["bodyparts.use:", "['nose'] listed twice"]),
     ("skeleton-triple", MINIMAL + "bodyparts: {skeleton: [[a, b, c]]}\n", ["bodyparts.skeleton[0]:"]),
     ("section-is-a-list", MINIMAL + "bodyparts: [nose, neck]\n", ["bodyparts:", "section of settings"]),
     ("section-left-empty", MINIMAL + "fitting:\n", ["fitting:", "found null"]),
