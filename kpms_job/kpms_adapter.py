@@ -406,9 +406,20 @@ def median_duration_ms(model, data, fps: float) -> float:
 
 
 # --------------------------------------------------------------------------- results
+REINDEX_MARK = "kpms_job_reindexed"
+
+
 def reindex_at(path: str):
+    """Reindex the checkpoint at ``path`` by frequency and mark it as done."""
     with quiet():
         kpms.reindex_syllables_in_checkpoint(path=path)
+    with h5py.File(path, "a") as f:
+        f.attrs[REINDEX_MARK] = True
+
+
+def is_reindexed(path: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return bool(f.attrs.get(REINDEX_MARK, False))
 
 
 def extract_results(project_dir, model_name):
