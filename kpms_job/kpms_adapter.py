@@ -328,7 +328,10 @@ def load_snapshot(project_dir, model_name, iteration: int):
 
 
 def drop_snapshots_after(path, iteration: int) -> None:
+    """Prepare a checkpoint to continue after ``iteration`` (new snapshots are not reindexed)."""
     with h5py.File(path, "a") as f:
+        if "kpms_job_reindexed" in f.attrs:
+            del f.attrs["kpms_job_reindexed"]
         for k in list(f["model_snapshots"].keys()):
             if int(k) > iteration:
                 del f["model_snapshots"][k]
