@@ -113,6 +113,18 @@ def _nwb_without_skeleton(path: str, name: str):
         return {name: coords}, {name: np.stack(confs, axis=1)}, bodyparts
 
 
+def _sleap_analysis_without_scores(path: str, name: str):
+    """A SLEAP analysis .h5 without ``point_scores`` (keypoint-moseq raises KeyError): confidence 1."""
+    with h5py.File(path, "r") as f:
+        coords = f["tracks"][()].transpose((0, 3, 2, 1))
+        bodyparts = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["node_names"]]
+    confs = np.where(np.isnan(coords).any(-1), 0.0, 1.0)
+    if coords.shape[0] == 1:
+        return {name: coords[0]}, {name: confs[0]}, bodyparts
+    return ({f"{name}_track{i}": coords[i] for i in range(coords.shape[0])},
+            {f"{name}_track{i}": confs[i] for i in range(coords.shape[0])}, bodyparts)
+
+
 def nwb_fps(path: str) -> float | None:
     """Frame rate from an NWB pose series (rate, or median timestamp step)."""
     from ndx_pose import PoseEstimation
@@ -144,6 +156,11 @@ def load_file(path: str, fmt: str, exclude_individuals: list[str]):
         with quiet():
             coords, confs, bodyparts = kpms.load_keypoints(
                 path, fmt, exclude_individuals=list(exclude_individuals))
+    except KeyError as exc:
+        if fmt == "sleap" and "point_scores" in str(exc) and path.endswith((".h5", ".hdf5")):
+            log.info("%s has no point_scores; confidences set to 1", path)
+            return _sleap_analysis_without_scores(path, Path(path).stem)
+        raise
     except ValueError as exc:
         if fmt == "nwb" and "skeleton" in str(exc).lower() or fmt == "nwb" and "nodes" in str(exc).lower():
             log.info("%s has no Skeleton; reading its pose series directly", path)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A single-node Slurm cluster on this machine, for tests/test_slurm.py (CI) and for trying
 # deploy/slurm/kpms-job.sbatch by hand. Installs Debian's slurmctld, slurmd, slurm-client
-# and munge if missing, writes /etc/slurm/slurm.conf (and gres.conf: one GPU "device" that
-# is /dev/null, so the sbatch script's GPU request is scheduled unchanged on a machine with
-# no GPU), and starts munged, slurmctld and slurmd without systemd.
+# and munge if missing, writes /etc/slurm/slurm.conf (and gres.conf: two GPU "devices" that
+# are /dev/null and /dev/zero, so the sbatch script's GPU request is scheduled unchanged, two
+# jobs at a time, on a machine with no GPU), and starts munged, slurmctld and slurmd without
+# systemd.
 #
 #   sudo deploy/slurm/ci-cluster.sh          start (or confirm) the cluster
 #   sudo deploy/slurm/ci-cluster.sh stop     stop the daemons it started
@@ -19,12 +20,13 @@ export DEBIAN_FRONTEND=noninteractive
 PIDFILES=(/run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
 
 running() {  # running PIDFILE: the daemon recorded there is alive
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+    local pid
+    pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
 stop_all() {  # only the daemons this script started, by the pid files it configured
     for f in "${PIDFILES[@]}"; do
-        running "$f" && kill "$(cat "$f")" 2>/dev/null || true
+        running "$f" && kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true
     done
     for _ in $(seq 100); do
         local alive=0
@@ -85,11 +87,12 @@ SchedulerTimeSlice=5
 MinJobAge=600
 KillWait=30
 GresTypes=gpu
-NodeName=${host} CPUs=${cpus} RealMemory=${mem_mb} Gres=gpu:1 State=UNKNOWN
+NodeName=${host} CPUs=${cpus} RealMemory=${mem_mb} Gres=gpu:2 State=UNKNOWN
 PartitionName=ci Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 )
-gres="NodeName=${host} Name=gpu File=/dev/null"
+gres="NodeName=${host} Name=gpu File=/dev/null
+NodeName=${host} Name=gpu File=/dev/zero"
 
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
 chown slurm:slurm /var/spool/slurmctld /var/log/slurm
