@@ -46,7 +46,8 @@ def _pick(m, *keys):
 
 STAGES = [
     Stage("ingest", "kpms_job.stages.ingest", (),
-          lambda m: {"inputs": m["inputs"], "bodyparts": m["bodyparts"], "fps": m["fps"],
+          lambda m: {"inputs": {k: v for k, v in m["inputs"].items() if k not in ("paths", "videos")},
+                     "bodyparts": m["bodyparts"], "fps": m["fps"],
                      "pre": {k: v for k, v in m["preprocessing"].items() if k != "outlier_scale_factor"},
                      "model": {k: m["model"][k] for k in ("num_states", "seed")}},
           "load recordings, QA, project config"),
@@ -80,10 +81,14 @@ BY_NAME = {s.name: s for s in STAGES}
 
 
 def input_hashes(m: dict) -> dict:
-    files = {f: hash_file(f) for f in inputs.expand(m)}
+    """Input files by name and content, not by absolute path: a project whose data are mounted
+    elsewhere (host path vs /data in a container) or that was moved is still up to date."""
+    files = {}
+    for f in inputs.expand(m):
+        files.setdefault(Path(f).name, []).append(hash_file(f))
     for v in inputs.video_files(m["inputs"].get("videos")):
-        files[v] = Path(v).stat().st_size  # videos are large: size stands in for content
-    return files
+        files.setdefault(Path(v).name, []).append(Path(v).stat().st_size)  # videos: size for content
+    return {k: sorted(map(str, v)) for k, v in sorted(files.items())}
 
 
 @dataclass
