@@ -8,15 +8,18 @@ Stage modules are imported only when a stage actually runs.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import __version__, faults, inputs
-from .state import JobState, fingerprint, hash_file
+from .state import JobState, fingerprint, hash_file, output_error
 
 log = logging.getLogger("kpms_job")
 
@@ -177,6 +180,22 @@ class Context:
         return self.m["model"]["name"] + "_arhmm"
 
 
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _as_output_error(exc: OSError, stage: str, project_dir: Path):
+    """A write that failed for lack of space or permission is the user's to fix (exit 73)."""
+    code = exc.errno
+    if code is None:  # h5py puts the errno in its message only
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code not in _OUTPUT_ERRNOS:
+        return None
+    err = output_error(OSError(code, os.strerror(code)), exc.filename or project_dir)
+    err.args = (f"{err.args[0]} (during stage {stage}; everything finished before it is kept)",)
+    return err
+
+
 def run(m: dict, state: JobState, stop=None) -> dict:
     """Run every stage that is not done; return {stage: 'ran'|'skipped'}."""
     ctx = Context(m, state, stop)
@@ -195,7 +214,13 @@ def run(m: dict, state: JobState, stop=None) -> dict:
         faults.point(f"stage-start:{st.name}")
         t0 = time.monotonic()
         module = importlib.import_module(st.module)
-        info = module.run(ctx) or {}
+        try:
+            info = module.run(ctx) or {}
+        except OSError as exc:
+            out = _as_output_error(exc, st.name, ctx.project_dir)
+            if out is None:
+                raise
+            raise out from exc
         info["_parts"] = d.parts
         faults.point(f"stage-end:{st.name}")
         seconds = time.monotonic() - t0
