@@ -4,8 +4,8 @@
 # .ci/run before the tests). Installs:
 #   buildah + debootstrap  build the real Dockerfile on a local Debian bookworm base
 #                          (no Docker engine and no container registry here)
-#   slurmctld/slurmd/munge a single-node Slurm cluster (deploy/slurm/ci-cluster.sh starts it)
-#   tini                   only so the cluster test can check the image's PID 1 choice locally
+#   slurmctld/slurmd/munge a single-node Slurm cluster (deploy/slurm/ci-cluster.sh configures
+#                          and starts it; tests/test_slurm.py runs that script in CI)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
