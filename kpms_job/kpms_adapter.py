@@ -514,3 +514,110 @@ def versions() -> dict:
     from importlib.metadata import version
 
     return {p: version(p) for p in ("keypoint-moseq", "jax-moseq", "jax", "jaxlib")}
+
+
+# --------------------------------------------------------------------------- memory
+def calibration_model(keypoints: int, latent_dim: int, num_states: int):
+    """A model initialised on the bundled real recording, for memory calibration.
+
+    The bundled recording (examples/data, 2330 frames x 4 keypoints) is used twice, as
+    two recordings. For more than 4 keypoints, extra keypoints are midpoints of two
+    real ones plus 1 px of noise: XLA's memory analysis depends on array shapes only,
+    and the values only have to let PCA and the initialisation run.
+    """
+    import tempfile
+
+    csv = Path(__file__).resolve().parent.parent / "examples" / "data" / "openfield_dlc_inference_example.csv"
+    coords, confs, bodyparts = load_file(str(csv), "deeplabcut", [])
+    c, f = next(iter(coords.values())), next(iter(confs.values()))
+    names = list(bodyparts)
+    rng = np.random.default_rng(0)
+    base = c.shape[1]
+    while c.shape[1] < keypoints:
+        i = c.shape[1]
+        a, b = i % base, (i + 1) % base
+        extra = (c[:, a:a + 1] + c[:, b:b + 1]) / 2 + rng.normal(0, 1, (len(c), 1, c.shape[2]))
+        c = np.concatenate([c, extra], axis=1)
+        f = np.concatenate([f, f[:, a:a + 1]], axis=1)
+        names.append(f"extra{i}")
+    c, f = c[:, :keypoints], f[:, :keypoints]
+    names = names[:keypoints]
+    with tempfile.TemporaryDirectory() as pd, quiet():
+        kpms.setup_project(pd, overwrite=True, bodyparts=names, use_bodyparts=names,
+                           anterior_bodyparts=[names[0]], posterior_bodyparts=[names[-1]])
+        kpms.update_config(pd, num_states=int(num_states), latent_dim=int(latent_dim))
+        config = kpms.load_config(pd)
+        data, _ = kpms.format_data({"a": c, "b": c}, {"a": f, "b": f}, **config)
+        pca = kpms.fit_pca(**data, **config)
+        model = kpms.init_model(data, pca=pca, **config)
+    return data, model
+
+
+def _resample_steps(data, model, parallel_message_passing: bool):
+    """(name, jitted function, args, kwargs) of each step of one resample_model call.
+
+    Mirrors jax_moseq.models.keypoint_slds.resample_model / arhmm.resample_model 0.8.1.
+    """
+    from functools import partial
+
+    from jax_moseq.models import arhmm
+    from jax_moseq.utils.transitions import count_transitions
+
+    seed, st, pa, hy = model["seed"], model["states"], model["params"], model["hypparams"]
+    d = {k: v for k, v in data.items() if k != "conf"}
+    yield "transitions", count_transitions, (int(pa["betas"].shape[0]), st["z"], d["mask"]), {}
+    yield ("ar_params", getattr(arhmm.resample_ar_params, "__wrapped__", arhmm.resample_ar_params), (seed,),
+           dict(**d, **st, **pa, **hy["ar_hypparams"]))
+    yield "discrete", arhmm.resample_discrete_stateseqs, (seed,), dict(**d, **st, **pa)
+    cont = jax.jit(partial(keypoint_slds.resample_continuous_stateseqs, jitter=1e-3,
+                           parallel_message_passing=bool(parallel_message_passing)))
+    yield "continuous", cont, (seed,), dict(**d, **st, **pa)
+    yield "heading", keypoint_slds.resample_heading, (seed,), dict(**d, **st, **pa)
+    yield "location", keypoint_slds.resample_location, (seed,), dict(**d, **st, **pa, **hy["cen_hypparams"])
+    yield ("scales", keypoint_slds.resample_scales, (seed,),
+           dict(**d, **st, **pa, s_0=model["noise_prior"], **hy["obs_hypparams"]))
+
+
+def compiled_step_memory(data, model, *, segments: int, seg_length: int, parallel_message_passing: bool,
+                         mixed_map_iters: int, only=None) -> dict:
+    """XLA's memory analysis of each Gibbs step, compiled for ``segments`` x ``seg_length`` frames.
+
+    The arrays of ``data`` / ``model`` are replaced by abstract shapes with that many
+    segments (nothing of that size is allocated). JAX's trace caches are cleared first,
+    because jax-moseq reads ``mixed_map_iters`` at trace time: run this in a process
+    that fits nothing else.
+
+    Returns
+    -------
+    dict of step -> {"temp", "output", "argument": bytes, "frames", "chunk_frames": int}
+    """
+    import math
+
+    n0, t0 = np.shape(data["mask"])
+    t = int(seg_length) + 30  # jax_moseq.utils.batch adds 30 frames of overlap to each segment
+
+    def abstract(a):  # (segments, frames[-nlags], ...) arrays get the new sizes
+        if hasattr(a, "shape") and np.ndim(a) >= 2 and a.shape[0] == n0 and t0 - 5 <= a.shape[1] <= t0:
+            return jax.ShapeDtypeStruct((int(segments), t - (t0 - a.shape[1]), *a.shape[2:]), a.dtype)
+        return a
+
+    data_a = jax.tree_util.tree_map(abstract, dict(data))
+    model_a = jax.tree_util.tree_map(abstract, dict(model))
+    from jax_moseq.utils import get_mixed_map_iters
+
+    before = get_mixed_map_iters()
+    set_mixed_map_iters(int(mixed_map_iters))
+    jax.clear_caches()
+    out = {}
+    try:
+        for name, fn, args, kwargs in _resample_steps(data_a, model_a, parallel_message_passing):
+            if only is not None and name not in only:
+                continue
+            ma = fn.lower(*args, **kwargs).compile().memory_analysis()
+            out[name] = {"temp": int(ma.temp_size_in_bytes), "output": int(ma.output_size_in_bytes),
+                         "argument": int(ma.argument_size_in_bytes), "frames": int(segments) * t,
+                         "chunk_frames": math.ceil(int(segments) / int(mixed_map_iters)) * t}
+    finally:
+        set_mixed_map_iters(before)
+        jax.clear_caches()
+    return out

@@ -1,0 +1,462 @@
+"""The memory model of a keypoint-MoSeq fit: pure arithmetic, no JAX import.
+
+What it models
+--------------
+One Gibbs iteration of jax-moseq 0.8 (``keypoint_slds.resample_model``) runs a fixed
+sequence of separately jitted steps: transition counts, AR parameters, discrete states
+(the AR-HMM; the full model adds continuous states ``x`` by Kalman sampling, heading,
+location and noise scales). The peak memory of a fit is therefore
+
+    base  +  resident arrays  +  the largest step's XLA temporaries and outputs
+
+where *base* is the process itself (Python, JAX, keypoint-moseq, compiled code),
+*resident* is the data and model state that live through the fit (the data, the old and
+the new model during an iteration, a host copy while a snapshot is written) and the
+step term comes from XLA's own buffer assignment (``compiled.memory_analysis()``).
+
+Every step's memory is linear in the number of (padded) frames. Its bytes per frame are
+a linear combination of features of the model's size (:func:`features`), with
+coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
+for a grid of small real shapes and fits them by least squares (``python -m
+kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Only the Kalman sampling of
+the full model (``continuous``) is split by ``mixed_map_iters`` (jax-moseq's
+``mixed_map``), so it has a *whole* part (over all frames) and a *chunk* part (over one
+batch of ``ceil(segments / mixed_map_iters)`` segments). ``parallel_message_passing``
+(an associative scan instead of a sequential Kalman filter) is much faster on a GPU and
+needs several times the memory.
+
+keypoint-moseq turns on 64-bit floats for the whole process, so arrays are 8 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+GiB = float(1 << 30)
+BYTES = 8  # float64 / int64: keypoint-moseq enables jax x64
+SEG_OVERLAP = 30  # jax_moseq.utils.batch(seg_overlap=30)
+MAX_SEG_LENGTH = 10_000  # keypoint_moseq.util.format_data(max_seg_length=10_000)
+
+#: Fraction of the budget a plan may fill (the rest is headroom for fragmentation
+#: and what the model leaves out).
+FILL = 0.9
+
+# --------------------------------------------------------------------------- constants
+#: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
+#: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
+#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames).
+COEFFS: dict[str, dict[str, float]] = {
+    "transitions": {"1": 17.994},
+    "ar_params": {"1": 0.16, "S": 16.046, "LD": 0.001, "SLD": 0.11},
+    "discrete": {"1": 0.243, "S": 24.252},
+    "continuous.seq.whole": {"1": 2.965, "K": 62.061, "LD": 23.717, "LD2": -0.08},
+    "continuous.seq.chunk": {"1": -2.784, "K": -8.123, "LD": -21.781, "LD2": 17.582, "KLD": -4.495},
+    "continuous.par.whole": {"1": 0.084, "K": 129.958, "LD": 1.002, "LD2": 12.029},
+    "continuous.par.chunk": {"1": 0.652, "K": -0.752, "LD": 7.822, "LD2": 93.861, "KLD": -9.021},
+    "heading": {"1": 131.06, "K": 19.755},
+    "location": {"1": 16.489, "K": 65.958, "D": 65.958},
+    "scales": {"1": -31.95, "K": 208.0},
+}
+
+#: Bytes of the job process before any fit-sized array: Python, JAX, keypoint-moseq,
+#: matplotlib, the compiled steps and the compiler's own peak. Measured on XLA:CPU as the
+#: peak resident memory of the tiny job (2 recordings x 2330 frames: 2.2 and 2.35 GiB).
+BASE_BYTES = {"cpu": 2.2 * GiB, "gpu": 0.0}
+#: Device memory outside JAX's pool on a GPU (CUDA context, cuDNN/cuBLAS workspaces).
+GPU_CONTEXT_BYTES = int(0.6 * GiB)
+
+STEPS_ARHMM = ("transitions", "ar_params", "discrete")
+STEPS_FULL = STEPS_ARHMM + ("continuous", "heading", "location", "scales")
+
+#: The shapes (keypoints, latent_dim, num_states) :func:`calibrate` compiles.
+CALIBRATION_GRID = ((4, 4, 100), (8, 4, 100), (8, 8, 100), (8, 8, 30), (12, 10, 100), (16, 6, 50))
+CALIBRATION_SEGMENTS = 4
+CALIBRATION_SEG_LENGTH = MAX_SEG_LENGTH
+
+
+# --------------------------------------------------------------------------- shapes
+def seg_length_for(lengths) -> int:
+    """keypoint-moseq's segment length for these recording lengths (``_find_optimal_segment_length``)."""
+    lengths = [int(n) for n in lengths]
+    total = sum(lengths)
+    seg = MAX_SEG_LENGTH
+    for seg in sorted({min(n, MAX_SEG_LENGTH) for n in lengths}, reverse=True):
+        if sum(-n % seg for n in lengths) / total * 100 <= 50:
+            break
+    else:
+        seg = MAX_SEG_LENGTH
+    while True:
+        rem = [n % seg for n in lengths if n % seg]
+        if all(r >= 4 for r in rem):
+            return seg
+        seg += min(rem)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes that decide a fit's memory.
+
+    Parameters
+    ----------
+    frames : int
+        Frames in all recordings together.
+    recordings : tuple of int, optional
+        Frames per recording (decides keypoint-moseq's segments and padding). Default:
+        ``frames`` cut into recordings of 10,000 frames.
+    dims : int
+        2 for 2D keypoints, 3 for 3D.
+    """
+
+    frames: int
+    keypoints: int = 8
+    latent_dim: int = 10
+    num_states: int = 100
+    recordings: tuple = ()
+    nlags: int = 3
+    dims: int = 2
+
+    def __post_init__(self):
+        if not self.recordings:
+            full, rest = divmod(int(self.frames), MAX_SEG_LENGTH)
+            object.__setattr__(self, "recordings", (MAX_SEG_LENGTH,) * full + ((rest,) if rest else ()))
+
+    @property
+    def seg_length(self) -> int:
+        return seg_length_for(self.recordings)
+
+    @property
+    def segments(self) -> int:
+        seg = self.seg_length
+        return sum(math.ceil(n / seg) for n in self.recordings)
+
+    @property
+    def padded_frames(self) -> int:
+        """Frames in jax-moseq's arrays: segments x (segment length + overlap)."""
+        return self.segments * (self.seg_length + SEG_OVERLAP)
+
+    def chunk_frames(self, mixed_map_iters: int) -> int:
+        """Frames in one batch of jax-moseq's ``mixed_map``."""
+        return math.ceil(self.segments / max(1, int(mixed_map_iters))) * (self.seg_length + SEG_OVERLAP)
+
+
+def features(shape: Shape) -> dict[str, float]:
+    """The size features the per-frame coefficients multiply.
+
+    ``LD`` is the Kalman state dimension (latent_dim x nlags); the Kalman filter keeps an
+    ``LD x LD`` covariance per frame, the HMM an ``S``-vector per frame.
+    """
+    k, d, s, ld = shape.keypoints, shape.latent_dim, shape.num_states, shape.latent_dim * shape.nlags
+    return {"1": 1.0, "K": float(k), "D": float(d), "S": float(s), "LD": float(ld), "LD2": float(ld * ld),
+            "KLD": float(k * ld), "SLD": float(s * ld)}
+
+
+#: The features each step's bytes per frame depend on.
+STEP_FEATURES = {
+    "transitions": ("1",),
+    "ar_params": ("1", "S", "LD", "SLD"),
+    "discrete": ("1", "S", "D"),
+    "continuous.seq.whole": ("1", "K", "LD", "LD2"),
+    "continuous.seq.chunk": ("1", "K", "LD", "LD2", "KLD"),
+    "continuous.par.whole": ("1", "K", "LD", "LD2"),
+    "continuous.par.chunk": ("1", "K", "LD", "LD2", "KLD"),
+    "heading": ("1", "K", "D"),
+    "location": ("1", "K", "D"),
+    "scales": ("1", "K", "D"),
+}
+
+
+def per_frame(term: str, shape: Shape, coeffs=None) -> float:
+    c = (coeffs or COEFFS)[term]
+    f = features(shape)
+    return max(0.0, sum(v * f[k] for k, v in c.items()))
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True, order=True)
+class Setting:
+    parallel_message_passing: bool
+    mixed_map_iters: int
+
+    def label(self) -> str:
+        return f"parallel_message_passing={self.parallel_message_passing}, mixed_map_iters={self.mixed_map_iters}"
+
+    def as_dict(self) -> dict:
+        return {"parallel_message_passing": self.parallel_message_passing, "mixed_map_iters": self.mixed_map_iters}
+
+
+def mmi_values(segments: int) -> list[int]:
+    """1, 2, 4, ... up to the number of segments (more batches than segments change nothing)."""
+    out, v = [1], 2
+    while v < segments:
+        out.append(v)
+        v *= 2
+    if segments > 1 and out[-1] != segments:
+        out.append(segments)
+    return out
+
+
+def ladder(backend: str, segments: int, parallel="auto", mixed_map_iters="auto") -> list[Setting]:
+    """Settings from the fastest to the most frugal.
+
+    Parallel message passing on (GPU only: on a CPU it is slower and bigger) with 1, 2,
+    4, ... batches, then off with 1, 2, 4, ... batches. A value pinned in the manifest
+    keeps that value on every rung.
+    """
+    if parallel == "auto":
+        pmps = [True, False] if backend == "gpu" else [False]
+    else:
+        pmps = [bool(parallel)]
+    mmis = mmi_values(segments) if mixed_map_iters == "auto" else [int(mixed_map_iters)]
+    return [Setting(p, i) for p in pmps for i in mmis]
+
+
+# --------------------------------------------------------------------------- estimates
+@dataclass
+class Estimate:
+    """Peak memory of one fit, with its parts (bytes)."""
+
+    stage: str
+    setting: Setting | None
+    base: float
+    resident: float
+    steps: dict = field(default_factory=dict)
+
+    @property
+    def peak_step(self) -> str:
+        return max(self.steps, key=self.steps.get)
+
+    @property
+    def total(self) -> float:
+        return self.base + self.resident + max(self.steps.values())
+
+    def describe(self) -> str:
+        return (f"{gib(self.total)} = {gib(self.base)} process + {gib(self.resident)} data and state + "
+                f"{gib(self.steps[self.peak_step])} in its largest step ({self.peak_step})")
+
+
+def resident_bytes(shape: Shape, backend: str = "cpu") -> float:
+    """Arrays alive through a fit: data, two copies of the model state, a host copy.
+
+    Per frame: data ``Y`` (K x dims), ``conf`` (K), ``mask``, ``noise_prior`` (K); model
+    state ``x`` (D), ``z``, ``h``, ``v`` (dims), ``s`` (K), held twice during an
+    iteration (old and new model). On a CPU the host is the device, so the snapshot
+    writer's numpy copy of the state and the keypoints read back for it count too.
+    """
+    k, d, dims = shape.keypoints, shape.latent_dim, shape.dims
+    data = k * dims + k + 1 + k
+    state = d + 1 + 1 + dims + k
+    per = data + 2 * state
+    if backend == "cpu":
+        per += state + k * dims + k
+    return BYTES * per * shape.padded_frames
+
+
+def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", backend: str = "cpu",
+             coeffs=None) -> Estimate:
+    """Peak memory of the AR-HMM (``stage='arhmm'``) or full-model fit with ``setting``."""
+    coeffs = coeffs or COEFFS
+    frames = shape.padded_frames
+    steps = {}
+    names = STEPS_ARHMM if stage == "arhmm" else STEPS_FULL
+    for name in names:
+        if name == "continuous":
+            kind = "par" if setting.parallel_message_passing else "seq"
+            chunk = shape.chunk_frames(setting.mixed_map_iters)
+            steps[name] = (per_frame(f"continuous.{kind}.whole", shape, coeffs) * frames
+                           + per_frame(f"continuous.{kind}.chunk", shape, coeffs) * chunk)
+        else:
+            steps[name] = per_frame(name, shape, coeffs) * frames
+    return Estimate(stage, setting if stage != "arhmm" else None, BASE_BYTES.get(backend, 0.0),
+                    resident_bytes(shape, backend), steps)
+
+
+@dataclass
+class Choice:
+    """The setting a plan picks, and why."""
+
+    setting: Setting
+    fits: bool
+    budget: float
+    arhmm: Estimate
+    full: Estimate
+    tried: list  # (Setting, Estimate) of every rung considered, in order
+    skipped: list  # settings excluded because they already ran out of memory
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {**self.setting.as_dict(), "fits": self.fits, "budget_bytes": int(self.budget),
+                "estimate_bytes": {"arhmm": int(self.arhmm.total), "full_model": int(self.full.total)},
+                "reason": self.reason}
+
+
+def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
+           failed=()) -> Choice:
+    """The fastest setting whose estimate fits ``FILL`` x ``budget``.
+
+    ``failed`` are settings that already ran out of memory: the plan goes on from the
+    rung after the last of them. When no rung fits, the most frugal one left is chosen
+    (``fits=False``): an estimate is not a measurement, and the job tries it.
+    """
+    rungs = ladder(backend, shape.segments, parallel, mixed_map_iters)
+    failed = [Setting(bool(f["parallel_message_passing"]), int(f["mixed_map_iters"])) if isinstance(f, dict)
+              else f for f in failed]
+    start = 0
+    for f in failed:
+        if f in rungs:
+            start = max(start, rungs.index(f) + 1)
+    skipped, rungs = rungs[:start], rungs[start:]
+    arhmm = estimate(shape, None, "arhmm", backend)
+    limit = FILL * budget
+    tried = []
+    if not rungs:
+        last = skipped[-1] if skipped else Setting(False, 1)
+        full = estimate(shape, last, "full_model", backend)
+        return Choice(last, False, budget, arhmm, full, [], skipped,
+                      "every setting has run out of memory already")
+    for s in rungs:
+        est = estimate(shape, s, "full_model", backend)
+        tried.append((s, est))
+        if est.total <= limit and arhmm.total <= limit:
+            break
+    s, full = tried[-1]
+    fits = full.total <= limit and arhmm.total <= limit
+    why = []
+    if skipped:
+        why.append(f"{len(skipped)} faster setting(s) ran out of memory before")
+    slower = [f"{t.label()} needs {gib(e.total)}" for t, e in tried[:-1]]
+    if slower:
+        why.append("faster settings do not fit: " + "; ".join(slower))
+    if fits:
+        why.append(f"the fastest that fits {gib(limit)} ({FILL:.0%} of the {gib(budget)} budget): "
+                   f"full model {full.describe()}")
+    elif arhmm.total > limit:
+        why.append(f"the AR-HMM alone needs {arhmm.describe()}, over {gib(limit)} ({FILL:.0%} of the budget), "
+                   "whatever the setting (mixed_map_iters batches only the full model's Kalman sampling)")
+    else:
+        why.append(f"nothing fits {gib(limit)}; the most frugal setting needs {full.describe()}")
+    return Choice(s, fits, budget, arhmm, full, tried, skipped, ". ".join(why))
+
+
+def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+    """The most frames (recordings of 10,000) whose plan fits ``budget``; 0 if none."""
+    def fits(n):
+        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters).fits
+    lo, hi = 0, MAX_SEG_LENGTH
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 10**10:
+            return lo
+    while hi - lo > max(1000, lo // 200):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+    """The most num_states whose plan fits ``budget`` at these frames; 0 if none."""
+    lo, hi = 0, max(shape.num_states, 2)
+    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters).fits:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters).fits
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
+
+
+def _with(shape: Shape, **changes) -> Shape:
+    d = {k: getattr(shape, k) for k in ("frames", "keypoints", "latent_dim", "num_states", "nlags", "dims")}
+    if "frames" not in changes:
+        d["recordings"] = shape.recordings
+    d.update(changes)
+    return Shape(**d)
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+# --------------------------------------------------------------------------- calibration
+def fit_coefficients(records) -> dict[str, dict[str, float]]:
+    """Least-squares coefficients per term from measured step memory.
+
+    ``records``: dicts with keypoints, latent_dim, num_states, nlags, step, pmp, mmi,
+    frames (per compiled call), chunk_frames and bytes (temp + output). The Kalman
+    step's whole and chunk parts are separated with its memory at mixed_map_iters 1
+    and 2 for the same shape.
+    """
+    import numpy as np
+
+    rows: dict[str, list] = {}
+    by_shape: dict = {}
+    for r in records:
+        shape = Shape(frames=r["frames"], keypoints=r["keypoints"], latent_dim=r["latent_dim"],
+                      num_states=r["num_states"], nlags=r.get("nlags", 3))
+        if r["step"] != "continuous":
+            rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
+        else:
+            key = (r["keypoints"], r["latent_dim"], r["num_states"], r["pmp"])
+            by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
+    for (_, _, _, pmp), runs in by_shape.items():
+        if 1 not in runs or 2 not in runs:
+            continue
+        shape, f1, c1, b1 = runs[1]
+        _, f2, c2, b2 = runs[2]
+        chunk = (b1 - b2) / (c1 - c2)  # bytes per chunk frame
+        whole = (b1 - chunk * c1) / f1
+        kind = "par" if pmp else "seq"
+        rows.setdefault(f"continuous.{kind}.chunk", []).append((features(shape), chunk))
+        rows.setdefault(f"continuous.{kind}.whole", []).append((features(shape), whole))
+    out = {}
+    for term, data in rows.items():
+        names = STEP_FEATURES[term]
+        a = np.array([[f[n] for n in names] for f, _ in data])
+        y = np.array([v for _, v in data])
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        out[term] = {n: round(float(c), 3) for n, c in zip(names, coef, strict=True) if abs(c) > 1e-9}
+    return out
+
+
+def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=CALIBRATION_SEG_LENGTH,
+              progress=print) -> tuple[dict, list]:
+    """Recompute :data:`COEFFS` by compiling the real jax-moseq steps (takes minutes).
+
+    For each (keypoints, latent_dim, num_states) in ``grid``, a model is initialised on
+    the bundled real recording (:func:`kpms_adapter.calibration_model`), then every
+    step of one full-model iteration is compiled for ``segments`` x ``seg_length``
+    frames (abstract shapes: nothing of that size is allocated) and XLA's memory
+    analysis gives its temporaries and outputs. Returns (coefficients, records).
+    """
+    from . import kpms_adapter as A  # imports JAX: only here, never at module import
+
+    records = []
+    for k, d, s in grid:
+        data, model = A.calibration_model(k, d, s)
+        for pmp in (False, True):
+            for mmi in (1, 2):
+                steps = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
+                                               parallel_message_passing=pmp, mixed_map_iters=mmi,
+                                               only=None if (not pmp and mmi == 1) else ("continuous",))
+                for step, mem in steps.items():
+                    rec = {"keypoints": k, "latent_dim": d, "num_states": s, "nlags": 3, "step": step,
+                           "pmp": pmp, "mmi": mmi, "frames": mem["frames"], "chunk_frames": mem["chunk_frames"],
+                           "bytes": mem["temp"] + mem["output"]}
+                    records.append(rec)
+                    if progress:
+                        progress(f"K={k} D={d} S={s} pmp={pmp} mmi={mmi} {step}: "
+                                 f"{rec['bytes'] / mem['frames']:.0f} bytes/frame")
+    return fit_coefficients(records), records
+
+
+if __name__ == "__main__":  # python -m kpms_job.memory --calibrate
+    import json
+    import sys
+
+    if "--calibrate" in sys.argv:
+        coeffs, recs = calibrate()
+        if "--records" in sys.argv:
+            print(json.dumps(recs, indent=1))
+        print("COEFFS = " + json.dumps(coeffs, indent=4))
+    else:
+        print(__doc__)

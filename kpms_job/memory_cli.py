@@ -1,0 +1,98 @@
+"""``kpms-job plan``'s memory part: the estimate per fit, the chosen settings and why.
+
+No JAX import: the machine is found with :func:`resources.detect` and the estimates
+come from the memory model in :mod:`kpms_job.memory`.
+"""
+
+from __future__ import annotations
+
+from . import memory, resources
+from .errors import EXIT_OK, ManifestError
+from .memory import gib
+
+
+def _machine_budget(budget_gb, vram_budget_gb="auto"):
+    machine = resources.detect()
+    if budget_gb is not None:
+        if budget_gb <= 0:
+            raise ManifestError(["command line: --budget-gb must be a positive number of GiB"])
+        return machine, budget_gb * memory.GiB, "--budget-gb"
+    b, source = resources.budget(machine, vram_budget_gb)
+    return machine, b, source
+
+
+def report(shape: memory.Shape, budget: float, source: str, backend: str, parallel="auto",
+           mixed_map_iters="auto", failed=(), notes=()) -> list[str]:
+    """The lines ``plan`` prints for one fit shape and budget."""
+    choice = memory.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed)
+    where = "GPU" if backend == "gpu" else "CPU (system memory)"
+    lines = [
+        "memory plan:",
+        f"  data       {shape.frames:,} frames in {len(shape.recordings)} recording(s) -> {shape.segments} "
+        f"segment(s) of {shape.seg_length:,} (+30 overlap) = {shape.padded_frames:,} padded frames; "
+        f"{shape.keypoints} keypoints, latent_dim {shape.latent_dim}, num_states {shape.num_states}",
+        f"  budget     {gib(budget)} on the {where} ({source}); plans fill at most {memory.FILL:.0%}",
+    ]
+    lines += [f"  note       {n}" for n in notes]
+    lines.append(f"  AR-HMM     {choice.arhmm.describe()} (any setting)")
+    lines.append("  full model, from the fastest setting to the most frugal:")
+    for s, est in choice.tried:
+        mark = "fits" if est.total <= memory.FILL * budget else "too big"
+        lines.append(f"    {s.label():<54} {gib(est.total):>10}  {mark}  (largest step: {est.peak_step})")
+    rest = memory.ladder(backend, shape.segments, parallel, mixed_map_iters)[len(choice.skipped) + len(choice.tried):]
+    if rest:
+        lines.append(f"    ({len(rest)} more frugal setting(s) not needed: up to "
+                     f"mixed_map_iters={rest[-1].mixed_map_iters})")
+    verdict = "chosen" if choice.fits else "DOES NOT FIT; would try"
+    lines.append(f"  {verdict}: {choice.setting.label()}")
+    lines.append(f"  why        {choice.reason}")
+    if not choice.fits:
+        n = memory.max_frames(shape, budget, backend, parallel, mixed_map_iters)
+        s = memory.max_states(shape, budget, backend, parallel, mixed_map_iters)
+        hints = []
+        if n:
+            hints.append(f"about {n:,} frames fit this budget with these sizes")
+        if 0 < s < shape.num_states:
+            hints.append(f"at {shape.frames:,} frames, num_states up to about {s} fits")
+        need = max(choice.arhmm.total, choice.full.total) / memory.FILL
+        hints.append(f"this job needs a budget of about {gib(need)}")
+        lines.append("  to fit     " + "; ".join(hints))
+    return lines
+
+
+def plan_frames(args) -> int:
+    """``kpms-job plan --frames N [--keypoints K --latent-dim L --num-states S --budget-gb G]``."""
+    for name in ("frames", "keypoints", "latent_dim", "num_states"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ManifestError([f"command line: --{name.replace('_', '-')} must be at least 1"])
+    if args.keypoints < 3:
+        raise ManifestError(["command line: --keypoints must be at least 3 (keypoint-moseq aligns on 2)"])
+    machine, budget, source = _machine_budget(args.budget_gb)
+    shape = memory.Shape(frames=args.frames, keypoints=args.keypoints, latent_dim=args.latent_dim,
+                         num_states=args.num_states)
+    print("\n".join(report(shape, budget, source, machine.backend, notes=machine.notes)))
+    return EXIT_OK
+
+
+def plan_manifest(m: dict, state) -> None:
+    """The memory part of ``kpms-job plan MANIFEST`` (after the stage plan)."""
+    res = m.get("resources") or {}
+    machine, budget, source = _machine_budget(None, res.get("vram_budget_gb", "auto"))
+    shape = resources.shape_from_state(m, state)
+    if shape is None:
+        print("memory plan: after ingest has run (the frames are counted then); "
+              "`kpms-job plan --frames N` estimates any size now")
+        return
+    old = state.get("resources") or {}
+    failed = [a["setting"] for a in old.get("attempts", []) if a.get("outcome") == "out of memory"]
+    notes = list(machine.notes)
+    if failed:
+        notes.append(f"{len(failed)} setting(s) ran out of memory before and are skipped")
+    if not (state.stage("pca") or {}).get("info"):
+        notes.append(f"latent_dim {shape.latent_dim} assumed until PCA has run")
+    print("\n".join(report(shape, budget, source, machine.backend, res.get("parallel_message_passing", "auto"),
+                           res.get("mixed_map_iters", "auto"), failed, notes)))
+    if old.get("peak_bytes"):
+        used = memory.Setting(bool(old["parallel_message_passing"]), int(old["mixed_map_iters"]))
+        print(f"  last run   {old.get('backend')}, {used.label()}: peak {gib(old['peak_bytes'])} "
+              f"({old.get('peak_source')}), estimate {gib(old['estimate_bytes']['full_model'])}")

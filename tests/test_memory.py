@@ -1,0 +1,317 @@
+"""The memory model, the planner and the machine detection (no JAX, except the calibration check).
+
+The planner's answers are checked against the model itself (a chosen setting's estimate
+fits the budget and every faster setting's does not), against a table of sizes and
+budgets, and against ``kpms-job plan --frames``. The slow test at the end compiles the
+real jax-moseq steps for a shape outside the calibration grid and compares XLA's memory
+analysis with the model's prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+
+import pytest
+
+from kpms_job import memory, resources
+from kpms_job.errors import OutOfMemory
+from kpms_job.memory import GiB, Setting, Shape
+from kpms_job.state import JobState
+
+
+# ---------------------------------------------------------------- shapes and the ladder
+@pytest.mark.parametrize("lengths", [[2330], [2330, 2330], [10_000] * 3, [25_000, 3_000], [9_999, 10_001, 4],
+                                     [40_000, 123, 77_777]])
+def test_segments_match_keypoint_moseq(lengths):
+    from keypoint_moseq.util import _find_optimal_segment_length  # numpy-only helper, no tracing
+
+    lengths = [n for n in lengths if n > 4]
+    assert memory.seg_length_for(lengths) == _find_optimal_segment_length(lengths)
+
+
+def test_padded_frames_are_segments_times_length_plus_overlap():
+    s = Shape(frames=25_000)  # recordings of 10,000 by default: 10k, 10k, 5k
+    assert s.recordings == (10_000, 10_000, 5_000)
+    assert s.segments == 3 and s.padded_frames == 3 * (10_000 + 30)
+    assert s.chunk_frames(2) == 2 * 10_030 and s.chunk_frames(3) == 10_030
+
+
+def test_ladder_order_cpu_gpu_and_pinned_values():
+    assert memory.ladder("cpu", 5) == [Setting(False, i) for i in (1, 2, 4, 5)]
+    gpu = memory.ladder("gpu", 8)
+    assert gpu == [Setting(True, i) for i in (1, 2, 4, 8)] + [Setting(False, i) for i in (1, 2, 4, 8)]
+    assert memory.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
+    assert memory.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
+    assert memory.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
+    assert memory.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
+
+
+def test_estimates_fall_along_the_ladder_and_grow_with_size():
+    shape = Shape(frames=2_000_000, keypoints=10, latent_dim=8, num_states=100)
+    totals = [memory.estimate(shape, s, backend="gpu").total for s in memory.ladder("gpu", shape.segments)]
+    pmp_on, pmp_off = totals[:len(totals) // 2], totals[len(totals) // 2:]
+    assert pmp_on == sorted(pmp_on, reverse=True) and pmp_off == sorted(pmp_off, reverse=True)
+    assert pmp_on[0] > pmp_off[0]  # the associative scan needs more than the sequential filter
+    base = memory.estimate(shape, Setting(False, 1)).total
+    for change in ({"frames": 4_000_000}, {"keypoints": 20}, {"latent_dim": 12}):
+        assert memory.estimate(memory._with(shape, **change), Setting(False, 1)).total > base, change
+    ar = memory.estimate(shape, None, "arhmm")
+    assert memory.estimate(memory._with(shape, num_states=200), None, "arhmm").total > ar.total
+    assert ar.total < base and set(ar.steps) == set(memory.STEPS_ARHMM)
+
+
+def test_the_model_has_a_coefficient_for_every_term():
+    assert set(memory.COEFFS) == set(memory.STEP_FEATURES)
+    for term, coeffs in memory.COEFFS.items():
+        assert set(coeffs) <= set(memory.STEP_FEATURES[term]), term
+
+
+# ---------------------------------------------------------------- the planner
+TABLE = [  # frames, keypoints, latent_dim, num_states, budget GiB, backend
+    (2_330, 4, 4, 20, 8, "cpu"),
+    (100_000, 8, 10, 100, 4, "cpu"),
+    (1_000_000, 4, 4, 100, 24, "cpu"),
+    (1_000_000, 8, 10, 100, 24, "cpu"),
+    (1_000_000, 27, 10, 100, 12, "cpu"),
+    (3_000_000, 8, 10, 100, 24, "cpu"),
+    (10_000_000, 8, 10, 100, 24, "cpu"),
+    (10_000_000, 8, 6, 50, 24, "cpu"),
+    (10_000_000, 8, 10, 100, 128, "cpu"),
+    (200_000, 8, 10, 100, 16, "gpu"),
+    (1_000_000, 8, 10, 100, 80, "gpu"),
+    (5_000_000, 8, 10, 100, 80, "gpu"),
+    (1_000_000, 8, 10, 100, 2, "gpu"),
+]
+
+
+@pytest.mark.parametrize("frames,k,d,s,gb,backend", TABLE)
+def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb, backend):
+    shape = Shape(frames=frames, keypoints=k, latent_dim=d, num_states=s)
+    budget = gb * GiB
+    c = memory.choose(shape, budget, backend)
+    rungs = memory.ladder(backend, shape.segments)
+    limit = memory.FILL * budget
+    fitting = [r for r in rungs if memory.estimate(shape, r, backend=backend).total <= limit]
+    ar_fits = memory.estimate(shape, None, "arhmm", backend).total <= limit
+    if fitting and ar_fits:
+        assert c.fits and c.setting == fitting[0]  # the first rung that fits: the fastest
+        assert c.full.total <= limit and "fastest that fits" in c.reason
+        for r in rungs[:rungs.index(c.setting)]:
+            assert memory.estimate(shape, r, backend=backend).total > limit
+            assert f"mixed_map_iters={r.mixed_map_iters}" in c.reason or "faster" in c.reason
+    else:
+        assert not c.fits and c.setting == (rungs[-1] if ar_fits else c.tried[-1][0])
+        assert "AR-HMM alone" in c.reason or "nothing fits" in c.reason
+    if backend == "cpu":
+        assert not c.setting.parallel_message_passing
+
+
+def test_gpu_plans_turn_parallel_message_passing_off_only_when_it_does_not_fit():
+    small = memory.choose(Shape(frames=20_000, keypoints=8, latent_dim=6, num_states=50), 40 * GiB, "gpu")
+    assert small.fits and small.setting == Setting(True, 1)
+    flipped = 0
+    for frames in (200_000, 1_000_000, 3_000_000, 6_000_000):
+        shape = Shape(frames=frames, keypoints=8, latent_dim=10, num_states=100)
+        c = memory.choose(shape, 40 * GiB, "gpu")
+        if c.fits and not c.setting.parallel_message_passing:
+            flipped += 1
+            for r in memory.ladder("gpu", shape.segments):
+                if r.parallel_message_passing:
+                    assert memory.estimate(shape, r, backend="gpu").total > memory.FILL * 40 * GiB
+    assert flipped  # somewhere between 20 thousand and 6 million frames the scan stops fitting 40 GiB
+
+
+def test_failed_settings_are_skipped_and_the_plan_goes_on_after_them():
+    shape = Shape(frames=50_000, keypoints=4, latent_dim=4, num_states=20)
+    assert memory.choose(shape, 64 * GiB).setting == Setting(False, 1)
+    after = memory.choose(shape, 64 * GiB, failed=[{"parallel_message_passing": False, "mixed_map_iters": 1}])
+    assert after.setting == Setting(False, 2) and "ran out of memory before" in after.reason
+    last = memory.choose(shape, 64 * GiB, failed=[Setting(False, 5)])  # 5 segments: the last rung
+    assert last.tried == [] and not last.fits
+
+
+def test_max_frames_is_where_the_plan_stops_fitting():
+    shape = Shape(frames=1_000, keypoints=8, latent_dim=10, num_states=100)
+    n = memory.max_frames(shape, 24 * GiB)
+    assert memory.choose(memory._with(shape, frames=n), 24 * GiB).fits
+    assert not memory.choose(memory._with(shape, frames=int(n * 1.05) + 10_000), 24 * GiB).fits
+
+
+# ---------------------------------------------------------------- kpms-job plan --frames
+def test_plan_10_million_frames_on_24_gib_explains_its_choice(cli):
+    code, out, err = cli("plan", "--frames", "10000000", "--budget-gb", "24")
+    assert code == 0, err
+    shape = Shape(frames=10_000_000, keypoints=8, latent_dim=10, num_states=100)
+    c = memory.choose(shape, 24 * GiB, "cpu")
+    assert "10,000,000 frames" in out and "24.0 GiB" in out and "why" in out
+    assert f"mixed_map_iters={c.setting.mixed_map_iters}" in out
+    if c.fits:
+        assert "chosen: parallel_message_passing=False" in out and c.full.total <= 0.9 * 24 * GiB
+    else:  # the model says nothing fits: the plan says so, why, and what would
+        assert "DOES NOT FIT" in out and "to fit" in out and "frames fit this budget" in out
+    for line in out.splitlines():
+        if "mixed_map_iters=" in line and ("fits" in line or "too big" in line):
+            assert line.split()[-4] in ("fits", "too") or "GiB" in line
+
+
+def test_plan_frames_with_sizes_and_usage_errors(cli):
+    code, out, _ = cli("plan", "--frames", "50000", "--keypoints", "12", "--latent-dim", "6", "--num-states",
+                       "40", "--budget-gb", "8")
+    assert code == 0 and "12 keypoints, latent_dim 6, num_states 40" in out and "chosen:" in out
+    code, _, err = cli("plan", "--frames", "0")
+    assert code == 2 and "--frames" in err
+    code, _, err = cli("plan", "--frames", "1000", "--budget-gb", "-1")
+    assert code == 2 and "--budget-gb" in err
+
+
+# ---------------------------------------------------------------- machine detection
+def _fake_smi(tmp_path, rows):
+    exe = tmp_path / "nvidia-smi"
+    exe.write_text("#!/bin/sh\n" + "".join(f"echo '{r}'\n" for r in rows))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return tmp_path
+
+
+SMI = ["0, NVIDIA H100 80GB HBM3, GPU-aaa, 81559, 80000", "1, NVIDIA H100 80GB HBM3, GPU-bbb, 81559, 20000"]
+
+
+@pytest.fixture
+def two_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{_fake_smi(tmp_path, SMI)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(resources, "_nvml_gpus", lambda: None)
+    monkeypatch.setattr(resources, "jax_has_cuda", lambda: True)
+
+
+def test_detect_gpus_and_cuda_visible_devices(two_gpus):
+    m = resources.detect({})
+    assert m.backend == "gpu" and [g.index for g in m.gpus] == ["0", "1"]
+    assert m.gpus[0].total == 81559 << 20 and m.gpus[1].free == 20000 << 20
+    m = resources.detect({"CUDA_VISIBLE_DEVICES": "1"})
+    assert [g.index for g in m.gpus] == ["1"]
+    m = resources.detect({"CUDA_VISIBLE_DEVICES": "GPU-bbb,0"})
+    assert [g.index for g in m.gpus] == ["1", "0"]
+    for hidden in ("", "-1"):
+        m = resources.detect({"CUDA_VISIBLE_DEVICES": hidden})
+        assert m.backend == "cpu" and not m.gpus and "hides every GPU" in " ".join(m.notes)
+    assert resources.detect({"JAX_PLATFORMS": "cpu"}).backend == "cpu"
+
+
+def test_gpus_without_a_cuda_jax_plan_for_the_cpu(two_gpus, monkeypatch):
+    monkeypatch.setattr(resources, "jax_has_cuda", lambda: False)
+    m = resources.detect({})
+    assert m.backend == "cpu" and "no CUDA plugin" in " ".join(m.notes)
+
+
+def test_gpu_budget_sets_jax_memory_fraction_before_jax_starts(two_gpus):
+    env = {}
+    out = resources.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
+    frac = float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"])
+    assert out["backend"] == "gpu" and out["budget_bytes"] == 20 * GiB
+    assert frac == pytest.approx((20 * GiB - memory.GPU_CONTEXT_BYTES) / (81559 << 20), abs=1e-3)
+    env = {"CUDA_VISIBLE_DEVICES": "1"}
+    out = resources.prepare_environment({"resources": {"vram_budget_gb": "auto"}}, env)
+    assert out["budget_bytes"] == 20000 << 20  # what is free on the visible GPU, not 75% of it
+    assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) < 0.25
+    assert json.loads(env["KPMS_JOB_BUDGET"])["budget_bytes"] == 20000 << 20
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # the user's own setting wins
+    resources.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
+    env = {}
+    out = resources.prepare_environment({"resources": {"vram_budget_gb": 500}}, env)
+    assert out["budget_bytes"] == 81559 << 20 and float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.95
+
+
+def test_cpu_budget_is_available_memory_or_the_manifest_number():
+    m = resources.detect({"JAX_PLATFORMS": "cpu"})
+    assert m.ram_total > 0 and 0 < m.ram_available <= m.ram_total
+    auto, source = resources.budget(m, "auto")
+    assert auto >= m.ram_available and "available" in source
+    small, source = resources.budget(m, 0.5)
+    assert small == 0.5 * GiB and "vram_budget_gb" in source
+    env = {"JAX_PLATFORMS": "cpu"}
+    resources.prepare_environment({"resources": {}}, env)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env  # the CPU backend preallocates nothing
+
+
+# ---------------------------------------------------------------- escalation bookkeeping
+def _state_with_ingest(tmp_path, frames=(2330, 2330)):
+    state = JobState(tmp_path)
+    state.record_stage("ingest", "x", 1.0, {
+        "used": [f"r{i}" for i in range(len(frames))], "use_bodyparts": ["a", "b", "c", "d"],
+        "recordings": {f"r{i}": {"frames": n} for i, n in enumerate(frames)}})
+    state.record_stage("pca", "y", 1.0, {"latent_dim": 4})
+    return state
+
+
+MANIFEST = {"model": {"num_states": 20}, "resources": {"vram_budget_gb": "auto", "parallel_message_passing": "auto",
+                                                       "mixed_map_iters": "auto"}}
+
+
+def test_out_of_memory_escalates_then_ends_in_exit_4(tmp_path):
+    state = _state_with_ingest(tmp_path, (2330,) * 3)  # 3 segments: mixed_map_iters 1, 2, 3
+    state.put("resources", {"backend": "cpu", "parallel_message_passing": False, "mixed_map_iters": 1,
+                            "budget_bytes": 8 * GiB, "budget_source": "test", "signature": "s",
+                            "estimate_bytes": {"arhmm": GiB, "full_model": 2 * GiB}})
+    nxt = resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED: Out of memory", "full_model")
+    assert nxt == {"parallel_message_passing": False, "mixed_map_iters": 2}
+    rec = JobState(tmp_path).get("resources")  # on disk, for the next process
+    assert rec["attempts"][0]["outcome"] == "out of memory" and rec["attempts"][0]["stage"] == "full_model"
+    assert rec["next"] == nxt
+    state.put("resources", {**rec, "mixed_map_iters": 2})
+    assert resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "full_model")["mixed_map_iters"] == 3
+    state.put("resources", {**JobState(tmp_path).get("resources"), "mixed_map_iters": 3})
+    with pytest.raises(OutOfMemory) as exc:
+        resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "full_model")
+    msg = str(exc.value)
+    assert exc.value.exit_code == 4
+    for text in ("after every fallback", "mixed_map_iters=1", "mixed_map_iters=2", "mixed_map_iters=3",
+                 "vram_budget_gb", "Completed iterations are kept"):
+        assert text in msg, text
+
+
+def test_an_arhmm_out_of_memory_goes_straight_to_the_most_frugal_setting(tmp_path):
+    state = _state_with_ingest(tmp_path, (2330,) * 4)
+    state.put("resources", {"backend": "cpu", "parallel_message_passing": False, "mixed_map_iters": 1,
+                            "budget_bytes": GiB, "signature": "s", "estimate_bytes": {"arhmm": 1, "full_model": 1}})
+    nxt = resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "arhmm")
+    assert nxt == {"parallel_message_passing": False, "mixed_map_iters": 4}
+
+
+def test_peak_memory_is_recorded_in_the_state(tmp_path):
+    state = JobState(tmp_path)
+    state.put("resources", {"backend": "cpu", "estimate_bytes": {"full_model": GiB}})
+    peak = resources.record_peak(state)
+    rec = JobState(tmp_path).get("resources")
+    assert peak > 10 << 20 and rec["peak_bytes"] == peak and "resident" in rec["peak_source"]
+
+
+# ---------------------------------------------------------------- the model against XLA
+@pytest.mark.slow
+def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
+    """Compile the real jax-moseq steps for an uncalibrated shape; the model is within 15%."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json
+        from kpms_job import kpms_adapter as A
+        data, model = A.calibration_model(6, 5, 60)
+        out = {}
+        for mmi in (1, 3):
+            out[mmi] = A.compiled_step_memory(data, model, segments=6, seg_length=5000,
+                                              parallel_message_passing=False, mixed_map_iters=mmi,
+                                              only=None if mmi == 1 else ("continuous",))
+        print("JSON" + json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    measured = json.loads(res.stdout.split("JSON", 1)[1])
+    shape = Shape(frames=6 * 5000, keypoints=6, latent_dim=5, num_states=60, recordings=(5000,) * 6)
+    for mmi, steps in measured.items():
+        est = memory.estimate(shape, Setting(False, int(mmi)))
+        for step, mem in steps.items():
+            got = mem["temp"] + mem["output"]
+            assert est.steps[step] == pytest.approx(got, rel=0.15), (mmi, step, est.steps[step], got)
