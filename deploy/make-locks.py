@@ -110,7 +110,12 @@ def main() -> int:
         "# kubernetes-validate (tests/test_deploy.py). make setup installs it. Regenerate: make lock\n",
         tools, known)
     Path(constraints).unlink()
-    changed = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
+    def pins_of(text: str) -> dict[str, str]:
+        return {norm(n): v for n, v in (line.split("==", 1) for line in text.splitlines()
+                                        if "==" in line and not line.startswith("#"))}
+
+    # a lock changes when its pins change, not its formatting
+    changed = [p for p, text in outputs.items() if not p.exists() or pins_of(p.read_text()) != pins_of(text)]
     for path in changed:
         print(f"{'would change' if opts.check else 'wrote'} {path.relative_to(ROOT)}")
         if not opts.check:
