@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -145,6 +146,19 @@ def cmd_run(args) -> int:
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    from . import signals
+
+    if signals.requested():
+        # stopped on a signal: snapshot and state are saved; skip the interpreter's teardown,
+        # which with JAX loaded can take longer than a pod's grace period
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv=None) -> int:
     from .console import setup_logging
 
     argv = _argv(argv)
