@@ -199,6 +199,9 @@ def _as_output_error(exc: OSError, stage: str, project_dir: Path):
 def run(m: dict, state: JobState, stop=None) -> dict:
     """Run every stage that is not done; return {stage: 'ran'|'skipped'}."""
     ctx = Context(m, state, stop)
+    # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
+    # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))
     outcome = {}
     decisions = decide(m, state)
     ctx.fingerprints = {d.stage.name: d.fingerprint for d in decisions}
