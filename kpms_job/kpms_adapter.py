@@ -405,7 +405,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         stopping = bool(should_stop and should_stop()) and not done
         if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
             _save_snapshot(path, model, it)
-            if progress_plots and not stopping:
+            if progress_plots and (done or it % save_every == 0) and not stopping:
                 try:
                     with quiet():
                         kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
