@@ -31,7 +31,7 @@ demo: setup  ## run the bundled example job
 clean:  ## remove the example's project dir
 	rm -rf examples/project
 
-# --- containers and clusters (docs/deploy.md) ---
+# --- containers and clusters (README: Containers and clusters) ---
 IMAGE ?= kpms-job
 TAG ?= latest
 JAX ?= cuda12

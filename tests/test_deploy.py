@@ -194,6 +194,6 @@ def test_apptainer_recipe_wraps_the_image_and_passes_arguments_on():
     assert header["From"].startswith("kpms-job")
     runscript = text.split("%runscript", 1)[1].split("\n%", 1)[0]
     assert re.search(r'exec \S*kpms-job\S* "\$@"', runscript)
-    guide = (ROOT / "docs" / "deploy.md").read_text()
+    guide = (ROOT / "README.md").read_text()
     assert "apptainer build kpms-job.sif apptainer.def" in guide
     assert "apptainer run --nv kpms-job.sif" in guide
