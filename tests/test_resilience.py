@@ -143,3 +143,46 @@ def test_bad_input_after_a_finished_run_loses_nothing(tmp_path):
     assert after == before
     assert (project / "kpms_job" / "results.h5").exists()
     shutil.rmtree(project)
+
+
+def test_five_sigkills_at_random_moments_from_outside(tmp_path_factory):
+    """Five real SIGKILLs from outside at random moments (seeded), a rerun after each: the labels
+    equal an uninterrupted run's, and each rerun resumed within one snapshot interval (5) of the
+    last iteration the killed run had logged."""
+    import random
+
+    over = {"fitting": {"arhmm_iters": 20, "full_iters": 30, "save_every": 5}}
+    ref_dir = tmp_path_factory.mktemp("ref5")
+    res = run_job("run", tiny_manifest(ref_dir, **over))
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference = labels(ref_dir / "project")
+    tmp = tmp_path_factory.mktemp("kill5")
+    manifest = tiny_manifest(tmp, **over)
+    rng = random.Random(7)
+    progress = re.compile(r"(AR-HMM|full model): iteration (\d+)/")
+    resumed = re.compile(r"(AR-HMM|full model): resuming from the snapshot at iteration (\d+)")
+    last_seen: dict = {}
+    kills = 0
+    checked = 0
+    while kills < 5:
+        proc = start_job("run", manifest)
+        time.sleep(rng.uniform(4.0, 30.0))
+        finished = proc.poll() is not None
+        if not finished:
+            proc.kill()
+        out = proc.stdout.read()
+        proc.wait()
+        for label, n in resumed.findall(out):
+            if label in last_seen:
+                assert int(n) >= last_seen[label] - 5, (label, n, last_seen)
+                checked += 1
+        last_seen = {}
+        for label, n in progress.findall(out):
+            last_seen[label] = int(n)
+        if finished:
+            break
+        kills += 1
+    final = run_job("run", manifest)
+    assert final.returncode == 0, final.stderr[-3000:]
+    got = labels(tmp / "project")
+    assert all(np.array_equal(got[k], reference[k]) for k in reference)
