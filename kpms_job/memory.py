@@ -47,16 +47,16 @@ FILL = 0.9
 #: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
 #: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames).
 COEFFS: dict[str, dict[str, float]] = {
-    "transitions": {"1": 17.994},
-    "ar_params": {"1": 0.16, "S": 16.046, "LD": 0.001, "SLD": 0.11},
-    "discrete": {"1": 0.243, "S": 24.252},
-    "continuous.seq.whole": {"1": 2.965, "K": 62.061, "LD": 23.717, "LD2": -0.08},
-    "continuous.seq.chunk": {"1": -2.784, "K": -8.123, "LD": -21.781, "LD2": 17.582, "KLD": -4.495},
-    "continuous.par.whole": {"1": 0.084, "K": 129.958, "LD": 1.002, "LD2": 12.029},
-    "continuous.par.chunk": {"1": 0.652, "K": -0.752, "LD": 7.822, "LD2": 93.861, "KLD": -9.021},
-    "heading": {"1": 131.06, "K": 19.755},
-    "location": {"1": 16.489, "K": 65.958, "D": 65.958},
-    "scales": {"1": -31.95, "K": 208.0},
+    "transitions": {"1": 17.436},
+    "ar_params": {"S": 15.87, "LD": 11.964},
+    "discrete": {"1": 103.371, "S": 23.194},
+    "continuous.seq.whole": {"1": 24.268, "K": 62.949, "LD": 20.414},
+    "continuous.seq.chunk": {"1": -29.789, "K": -63.254, "LD2": 15.992},
+    "continuous.par.whole": {"K": 118.532, "LD": 3.814, "LD2": 11.178},
+    "continuous.par.chunk": {"LD2": 92.074},
+    "heading": {"1": 72.068, "K": 28.754},
+    "location": {"1": 374.156, "K": 37.501},
+    "scales": {"K": 202.742},
 }
 
 #: Bytes of the job process before any fit-sized array: Python, JAX, keypoint-moseq,
@@ -152,17 +152,17 @@ def features(shape: Shape) -> dict[str, float]:
 
 
 #: The features each step's bytes per frame depend on.
-STEP_FEATURES = {
+STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
     "transitions": ("1",),
-    "ar_params": ("1", "S", "LD", "SLD"),
-    "discrete": ("1", "S", "D"),
-    "continuous.seq.whole": ("1", "K", "LD", "LD2"),
-    "continuous.seq.chunk": ("1", "K", "LD", "LD2", "KLD"),
-    "continuous.par.whole": ("1", "K", "LD", "LD2"),
-    "continuous.par.chunk": ("1", "K", "LD", "LD2", "KLD"),
-    "heading": ("1", "K", "D"),
-    "location": ("1", "K", "D"),
-    "scales": ("1", "K", "D"),
+    "ar_params": ("S", "LD"),
+    "discrete": ("1", "S"),
+    "continuous.seq.whole": ("1", "K", "LD"),
+    "continuous.seq.chunk": ("1", "K", "LD2"),
+    "continuous.par.whole": ("K", "LD", "LD2"),
+    "continuous.par.chunk": ("LD2",),
+    "heading": ("1", "K"),
+    "location": ("1", "K"),
+    "scales": ("K",),
 }
 
 
@@ -319,14 +319,18 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
         tried.append((s, est))
         if est.total <= limit and arhmm.total <= limit:
             break
+    fits = tried[-1][1].total <= limit and arhmm.total <= limit
+    if not fits:  # the fastest of the most frugal: more batches that save nothing only cost time
+        least = min(e.total for _, e in tried)
+        tried = tried[:next(i for i, (_, e) in enumerate(tried) if e.total <= least * 1.001) + 1]
     s, full = tried[-1]
-    fits = full.total <= limit and arhmm.total <= limit
     why = []
     if skipped:
         why.append(f"{len(skipped)} faster setting(s) ran out of memory before")
-    slower = [f"{t.label()} needs {gib(e.total)}" for t, e in tried[:-1]]
-    if slower:
-        why.append("faster settings do not fit: " + "; ".join(slower))
+    if len(tried) > 1:
+        first = tried[0]
+        why.append(f"{len(tried) - 1} faster setting(s) need more (the fastest, {first[0].label()}, "
+                   f"needs {gib(first[1].total)})")
     if fits:
         why.append(f"the fastest that fits {gib(limit)} ({FILL:.0%} of the {gib(budget)} budget): "
                    f"full model {full.describe()}")
@@ -374,7 +378,8 @@ def _with(shape: Shape, **changes) -> Shape:
 
 
 def gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
+    """Bytes as GiB (MiB below 1 GiB)."""
+    return f"{n / GiB:.1f} GiB" if abs(n) >= GiB else f"{n / (1 << 20):.0f} MiB"
 
 
 # --------------------------------------------------------------------------- calibration

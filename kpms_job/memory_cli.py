@@ -41,7 +41,8 @@ def report(shape: memory.Shape, budget: float, source: str, backend: str, parall
         lines.append(f"    {s.label():<54} {gib(est.total):>10}  {mark}  (largest step: {est.peak_step})")
     rest = memory.ladder(backend, shape.segments, parallel, mixed_map_iters)[len(choice.skipped) + len(choice.tried):]
     if rest:
-        lines.append(f"    ({len(rest)} more frugal setting(s) not needed: up to "
+        why = "not needed" if choice.fits else "save nothing more, by the model"
+        lines.append(f"    ({len(rest)} more frugal setting(s) {why}: up to "
                      f"mixed_map_iters={rest[-1].mixed_map_iters})")
     verdict = "chosen" if choice.fits else "DOES NOT FIT; would try"
     lines.append(f"  {verdict}: {choice.setting.label()}")

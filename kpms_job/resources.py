@@ -467,6 +467,10 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
                                  "signature": plan.get("signature"), "at": attempts[-1]["at"]})
     done = [rungs.index(f) for f in failed if f in rungs]
     left = rungs[max(done) + 1:] if done else rungs
+    if len(left) > 1:  # skip rungs the model says save nothing over the failed one; keep the last
+        failed_est = memory.estimate(shape, memory.Setting(**setting), "full_model", backend).total
+        saving = [r for r in left[:-1] if memory.estimate(shape, r, "full_model", backend).total < 0.99 * failed_est]
+        left = saving + left[-1:]
     state.put("resources", plan)
     if not left:
         raise OutOfMemory(_oom_message(plan, shape, float(plan.get("budget_bytes", 0))))

@@ -101,9 +101,12 @@ def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb,
         assert c.full.total <= limit and "fastest that fits" in c.reason
         for r in rungs[:rungs.index(c.setting)]:
             assert memory.estimate(shape, r, backend=backend).total > limit
-            assert f"mixed_map_iters={r.mixed_map_iters}" in c.reason or "faster" in c.reason
-    else:
-        assert not c.fits and c.setting == (rungs[-1] if ar_fits else c.tried[-1][0])
+        if rungs.index(c.setting):
+            assert f"{rungs.index(c.setting)} faster setting(s) need more" in c.reason
+    else:  # nothing fits: the fastest of the most frugal settings (more batches would save nothing)
+        totals = [memory.estimate(shape, r, backend=backend).total for r in rungs]
+        i = rungs.index(c.setting)
+        assert not c.fits and totals[i] <= min(totals) * 1.001 and all(t > totals[i] * 1.001 for t in totals[:i])
         assert "AR-HMM alone" in c.reason or "nothing fits" in c.reason
     if backend == "cpu":
         assert not c.setting.parallel_message_passing
@@ -250,26 +253,35 @@ MANIFEST = {"model": {"num_states": 20}, "resources": {"vram_budget_gb": "auto",
                                                        "mixed_map_iters": "auto"}}
 
 
-def test_out_of_memory_escalates_then_ends_in_exit_4(tmp_path):
-    state = _state_with_ingest(tmp_path, (2330,) * 3)  # 3 segments: mixed_map_iters 1, 2, 3
-    state.put("resources", {"backend": "cpu", "parallel_message_passing": False, "mixed_map_iters": 1,
-                            "budget_bytes": 8 * GiB, "budget_source": "test", "signature": "s",
+def _failing(state, tmp_path, mmi):
+    state.put("resources", {**(JobState(tmp_path).get("resources") or {}), "backend": "cpu",
+                            "parallel_message_passing": False, "mixed_map_iters": mmi, "budget_bytes": 8 * GiB,
+                            "budget_source": "test", "signature": "s",
                             "estimate_bytes": {"arhmm": GiB, "full_model": 2 * GiB}})
-    nxt = resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED: Out of memory", "full_model")
-    assert nxt == {"parallel_message_passing": False, "mixed_map_iters": 2}
+    return resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED: Out of memory", "full_model")
+
+
+def test_out_of_memory_escalates_then_ends_in_exit_4(tmp_path):
+    state = _state_with_ingest(tmp_path, (200_000,) * 3)  # 60 segments: mixed_map_iters 1, 2, 4, ... 32, 60
+    assert _failing(state, tmp_path, 1) == {"parallel_message_passing": False, "mixed_map_iters": 2}
     rec = JobState(tmp_path).get("resources")  # on disk, for the next process
     assert rec["attempts"][0]["outcome"] == "out of memory" and rec["attempts"][0]["stage"] == "full_model"
-    assert rec["next"] == nxt
-    state.put("resources", {**rec, "mixed_map_iters": 2})
-    assert resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "full_model")["mixed_map_iters"] == 3
-    state.put("resources", {**JobState(tmp_path).get("resources"), "mixed_map_iters": 3})
+    assert rec["attempts"][0]["setting"]["mixed_map_iters"] == 1 and rec["next"]["mixed_map_iters"] == 2
+    assert _failing(state, tmp_path, 2)["mixed_map_iters"] == 4
     with pytest.raises(OutOfMemory) as exc:
-        resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "full_model")
+        _failing(state, tmp_path, 60)
     msg = str(exc.value)
     assert exc.value.exit_code == 4
-    for text in ("after every fallback", "mixed_map_iters=1", "mixed_map_iters=2", "mixed_map_iters=3",
+    for text in ("after every fallback", "mixed_map_iters=1 ", "mixed_map_iters=2 ", "mixed_map_iters=60 ",
                  "vram_budget_gb", "Completed iterations are kept"):
         assert text in msg, text
+
+
+def test_after_out_of_memory_rungs_that_save_nothing_are_skipped(tmp_path):
+    state = _state_with_ingest(tmp_path, (2330,) * 3)  # tiny: batching 3 segments saves nothing measurable
+    assert _failing(state, tmp_path, 1)["mixed_map_iters"] == 3  # straight to the most frugal, tried once
+    with pytest.raises(OutOfMemory):
+        _failing(state, tmp_path, 3)
 
 
 def test_an_arhmm_out_of_memory_goes_straight_to_the_most_frugal_setting(tmp_path):
