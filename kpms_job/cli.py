@@ -114,11 +114,53 @@ def _tuning_verdict(state, m) -> int:
     return EXIT_OK
 
 
+def _fit_out_of_memory(exc) -> bool:
+    adapter = sys.modules.get("kpms_job.kpms_adapter")  # loaded if a fit ran at all
+    return adapter is not None and isinstance(exc, adapter.FitOutOfMemory)
+
+
+def _same_invocation(args) -> bool:
+    """Whether this process was started with ``args`` (so it can re-exec itself)."""
+    try:
+        again = build_parser().parse_args(_argv(sys.argv[1:]))
+    except (JobError, SystemExit):
+        return False
+    return vars(again) == vars(args)
+
+
+def _restart(args) -> int:
+    """Start this job afresh: settings are read when JAX traces, so they need a new process.
+
+    ``os.execv`` keeps the pid (PID 1 in a container stays PID 1) and gives the memory
+    of this process back. A fault that fired (tests: KPMS_JOB_FAULT) does not fire again.
+    """
+    import os
+
+    from . import faults
+
+    if os.environ.get("KPMS_JOB_FAULT"):
+        left = faults._parse()
+        os.environ["KPMS_JOB_FAULT"] = ",".join(f"{action}@{where}" for where, action in left.items())
+    os.environ["KPMS_JOB_RESTARTS"] = str(int(os.environ.get("KPMS_JOB_RESTARTS", "0")) + 1)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    for handler in logging.getLogger("kpms_job").handlers:
+        handler.flush()
+    if _same_invocation(args):
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    import subprocess  # called in-process (tests, notebooks): run the restart as a child
+
+    cmd = [sys.executable, "-m", "kpms_job", "run", args.manifest]
+    cmd += ["--wait"] * bool(args.wait) + ["--debug"] * bool(args.debug)
+    return subprocess.call(cmd)
+
+
 def cmd_run(args) -> int:
+    import os
     import time
 
-    from . import inputs, manifest, pipeline, signals
-    from .errors import Interrupted
+    from . import inputs, manifest, pipeline, resources, signals
+    from .errors import Interrupted, OutOfMemory
     from .state import JobState, ProjectLock
 
     t0 = time.monotonic()
@@ -127,6 +169,7 @@ def cmd_run(args) -> int:
     inputs.expand(m)
     inputs.video_files(m["inputs"].get("videos"))
     signals.install()
+    restart = False
     with ProjectLock(m["project_dir"]) as lock:
         lock.acquire(wait=args.wait)
         state = JobState(m["project_dir"])
@@ -136,9 +179,24 @@ def cmd_run(args) -> int:
             print(f"nothing to do: {m['project_dir']} is complete and up to date "
                   f"({time.monotonic() - t0:.1f} s)")
             return _tuning_verdict(state, m)
-        outcome = pipeline.run(m, state, stop=signals.requested)
+        # JAX reads its GPU memory fraction when it starts: set it from the budget now
+        resources.prepare_environment(m)
+        try:
+            outcome = pipeline.run(m, state, stop=signals.requested)
+        except JobError as exc:
+            if not _fit_out_of_memory(exc):
+                raise
+            stage = next((d.stage.name for d in pipeline.decide(m, state) if d.run), None)
+            resources.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
+            if int(os.environ.get("KPMS_JOB_RESTARTS", "0")) >= 64:
+                raise OutOfMemory(f"out of memory, and 64 restarts did not get past it: {exc}") from exc
+            restart = True
+        else:
+            resources.record_peak(state)
         if signals.requested():
             raise Interrupted("stopped on request; rerun the same command to continue")
+    if restart:  # the lock is released: the fresh process takes it again
+        return _restart(args)
     ran = [k for k, v in outcome.items() if v == "ran"]
     print(f"done: {len(ran)} stage(s) ran, {len(outcome) - len(ran)} skipped, "
           f"{time.monotonic() - t0:.0f} s. Results: {m['project_dir']}/summary.md")

@@ -24,6 +24,7 @@ def settings(ctx) -> dict:
 
         plan = resources.plan_for_context(ctx)
         A.configure(plan["mixed_map_iters"])
+        resources.watch_peak(ctx)  # the peak memory seen goes into the state after each iteration
         ctx.cache["settings"] = plan
     return ctx.cache["settings"]
 
