@@ -88,20 +88,21 @@ def test_bodyparts_that_differ_between_recordings(tmp_path, capsys):
     assert code == 3 and "b.csv" in err and "rightear" in err
 
 
-def test_all_nan_recording_is_excluded_and_none_left_is_exit_3(tmp_path, capsys):
+def all_nan_csv(tmp_path):
+    """The bundled recording with every coordinate missing."""
     df = example_df()
-    xy = [c for c in df.columns if c[2] in ("x", "y")]
-    df.loc[:, xy] = np.nan
-    f = write_csv(df, tmp_path / "allnan.csv")
+    df.loc[:, [c for c in df.columns if c[2] in ("x", "y")]] = np.nan
+    return write_csv(df, tmp_path / "allnan.csv")
+
+
+def test_all_nan_recording_is_excluded_and_none_left_is_exit_3(tmp_path, capsys):
+    f = all_nan_csv(tmp_path)
     code, err = run(manifest_for(tmp_path, [f]), capsys)
     assert code == 3 and "allnan.csv" in err and "max_nan_fraction" in err
 
 
 def test_all_nan_recording_beside_a_good_one_is_reported_and_the_job_goes_on(tmp_path, capsys):
-    df = example_df()
-    xy = [c for c in df.columns if c[2] in ("x", "y")]
-    df.loc[:, xy] = np.nan
-    f = write_csv(df, tmp_path / "allnan.csv")
+    f = all_nan_csv(tmp_path)
     from kpms_job import manifest as mf
     from kpms_job import pipeline
     from kpms_job.state import JobState
