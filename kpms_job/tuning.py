@@ -104,7 +104,8 @@ class KappaTuner:
 
     # ------------------------------------------------------------------ search
     def _measure(self, iteration: int) -> float | None:
-        start = self.changed_at + self.cfg.settle
+        """Mean log median over the last check_every iterations (after settling at this kappa)."""
+        start = max(self.changed_at + self.cfg.settle, iteration - self.cfg.check_every)
         vals = [m for i, m in self.medians if start < i <= iteration]
         if any(v is None for v in vals):
             return None
@@ -169,7 +170,8 @@ class KappaTuner:
         inside = self.in_window(measured)
         if inside and (self.frozen or self.on_target(measured) or not self._has_budget(iteration)):
             self.frozen = True
-            self.base_iter = iteration  # an in-window state: drift past the window rolls back here
+            if self.in_window(self.medians[-1][1]):  # this very state is in the window too
+                self.base_iter = iteration  # drift past the window rolls back here
             self.checks.append(Check(iteration, self.kappa, measured, inside, "hold"))
             return None
         if not self._has_budget(iteration):
