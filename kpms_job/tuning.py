@@ -190,7 +190,8 @@ class KappaTuner:
         else:
             self.high_k = lk if self.high_k is None else min(self.high_k, lk)
         step = (self.center - math.log10(measured)) / self._slope()
-        step = max(-self.cfg.max_step, min(self.cfg.max_step, step))
+        limit = 0.5 if inside else self.cfg.max_step  # inside the window: nudge toward the centre
+        step = max(-limit, min(limit, step))
         new = lk + step
         if self.low_k is not None and self.high_k is not None:
             if not (self.low_k < new < self.high_k):
@@ -200,7 +201,8 @@ class KappaTuner:
                     self.high_k = None
                 else:
                     self.low_k = None
-        rollback = not too_short and self.base_iter != iteration
+        # only a state outside the window is discarded; inside it the chain goes on with the nudge
+        rollback = not too_short and not inside and self.base_iter != iteration
         what = "rollback, " if rollback else ""
         self.checks.append(Check(iteration, self.kappa, measured, inside, f"{what}kappa -> {10**new:.3g}"))
         return self._move(10 ** new, iteration, rollback)
