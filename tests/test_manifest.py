@@ -303,3 +303,20 @@ def test_the_example_is_valid_json_too(cli, tmp_path):
     path = write_manifest(tmp_path, json.dumps(EXAMPLE_DATA), "example.json")
     code, _, err = cli("validate", path)
     assert code == 0, err
+
+
+@SETTINGS
+@given(VALUES | mutated_example())
+def test_run_on_random_malformed_manifests_exits_2_or_3_never_a_crash(value):
+    """`run` validates before any work: exit 2 with a message (3 if the manifest happens to be
+    valid and its inputs are missing), never exit 1 or a traceback, and no project dir."""
+    out, err = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "manifest.yml"
+        path.write_text(_dump(value))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["run", str(path)])
+        assert code in (2, 3), (code, err.getvalue())
+        assert "Traceback" not in out.getvalue() + err.getvalue()
+        assert err.getvalue().startswith("kpms-job: error:")
+        assert not (Path(d) / "project").exists()
