@@ -65,10 +65,6 @@ def quiet():
         log.debug("keypoint-moseq warning: %s", str(w.message).replace("\n", " "))
 
 
-def backend() -> str:
-    return jax.default_backend()
-
-
 def configure(mixed_map_iters: int) -> None:
     """Set jax-moseq's batching before the first trace (it is read at trace time)."""
     set_mixed_map_iters(int(mixed_map_iters))
@@ -509,11 +505,6 @@ def grid_movies(results, project_dir, model_name, coords, config, video_dir=None
             return len(written)
     raise InputDataError("no syllable has enough instances for a grid movie (the data are short)")
 
-
-def versions() -> dict:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("keypoint-moseq", "jax-moseq", "jax", "jaxlib")}
 
 
 # --------------------------------------------------------------------------- memory
