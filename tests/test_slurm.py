@@ -51,6 +51,17 @@ echo "scontrol $*" >> "$FAKE_LOG"
 """
 
 
+def _default_signals() -> None:
+    """Start the script as slurmstepd does, with TERM and INT at their defaults.
+
+    bash cannot trap a signal that was ignored when it started, and a CI runner may start
+    the tests with SIGTERM ignored (the first CI run did): the script would then never see
+    the TERM the test sends. Slurm starts batch scripts with default dispositions.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def fake(tmp_path):
     """A fake job (as KPMS_JOB_CMD) and a fake scontrol on PATH, both logging to one file."""
@@ -72,7 +83,7 @@ def fake(tmp_path):
         if job_id:
             e["SLURM_JOB_ID"] = job_id
         return subprocess.Popen(["bash", str(SCRIPT), str(manifest)], env=e, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals)
 
     def wait_ready(proc: subprocess.Popen) -> None:
         for _ in range(200):
