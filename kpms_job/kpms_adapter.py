@@ -350,6 +350,27 @@ def drop_snapshots_after(path, iteration: int) -> None:
                 del f["model_snapshots"][k]
 
 
+def _steady(model):
+    """The model as every Gibbs iteration should see it: arrays committed to one device.
+
+    jax-moseq's ``mixed_map`` (a ``pmap``) returns arrays committed to its own mesh, while
+    an initial or reloaded model holds uncommitted arrays. jit caches on the argument
+    shardings, so without this the first two or three iterations of every process, and the
+    first after every reload of a snapshot (kappa tuning rolls back to one), compile all
+    resampling steps again: about 17 s per reload for the full model on a CPU. Placing
+    every array on its device explicitly is a no-copy relabelling that keeps the shardings
+    identical from the first iteration on.
+    """
+    model = device_put_as_scalar(model)
+
+    def commit(a):
+        if isinstance(a, jax.Array) and len(a.sharding.device_set) == 1:
+            return jax.device_put(a, jax.sharding.SingleDeviceSharding(next(iter(a.sharding.device_set))))
+        return a
+
+    return jax.tree_util.tree_map(commit, model)
+
+
 def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int, num_iters: int,
               ar_only: bool, save_every: int, fps: float, parallel_message_passing: bool,
               on_iteration=None, should_stop=None, finished=None, on_nan=None, save_now=None,
@@ -374,7 +395,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         _save_snapshot(path, model, 0, first=True, data=data, metadata=metadata)
     else:
         drop_snapshots_after(path, start_iter)
-    model = device_put_as_scalar(model)
+    model = _steady(model)
     it, done = start_iter, False
     for it in range(start_iter + 1, num_iters + 1):
         try:
@@ -392,10 +413,10 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
             if replacement is None:
                 raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages))
             log.warning("%s: NaNs at iteration %d; continuing from the previous state", model_name, it)
-            new = device_put_as_scalar(replacement)
+            new = replacement
         elif on_iteration is not None:
             new = on_iteration(it, new) or new
-        model = device_put_as_scalar(new)
+        model = _steady(new)
         faults.point(f"iter:{model_name}:{it}")
         done = finished(it) if finished is not None else it == num_iters
         stopping = bool(should_stop and should_stop()) and not done
