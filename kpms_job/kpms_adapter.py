@@ -3,6 +3,35 @@
 keypoint-moseq's API has sharp edges (see ARCHITECTURE.md); this module knows them,
 so every other module stays simple and an upgrade touches one file. Importing this
 module imports JAX (about 6 s): the pipeline imports it only when a stage runs.
+
+Two patches of jax-moseq, applied once when this module is imported, make a fit's memory
+scale with the data instead of data x num_states; both compute exactly what jax-moseq
+computes (bit for bit: tests/test_memory.py), with jax-moseq's own functions.
+
+1. :func:`_patch_discrete_stateseqs`: ``jax_moseq.models.arhmm.gibbs.resample_discrete_stateseqs``
+(the discrete-state step of every AR-HMM and full-model Gibbs iteration, and of
+``arhmm.init_states``) computes the AR log likelihoods of *all* sequences for every state
+at once (``num_states`` x frames floats) and then samples every sequence's HMM in one
+``vmap``: its memory grows with all frames x num_states and ``mixed_map_iters`` cannot
+batch it. The replacement computes, per sequence, exactly the same thing with jax-moseq's
+own functions (``ar_log_likelihood``, ``sample_hmm_stateseq``, ``get_nlags``) and maps
+over the sequences with ``jax_moseq.utils.mixed_map``, so ``mixed_map_iters`` batches it
+like the Kalman step. Each sequence gets the key of ``jr.split(seed, N)`` it gets in the
+original, so the states do not depend on ``mixed_map_iters`` and equal the original's
+(tests/test_memory.py checks both on the bundled recording). The names patched:
+``arhmm.gibbs.resample_discrete_stateseqs`` (``arhmm.resample_model`` looks it up there
+at trace time; ``keypoint_slds.resample_model`` calls ``arhmm.resample_model``),
+``arhmm.resample_discrete_stateseqs`` and ``arhmm.initialize.resample_discrete_stateseqs``.
+The original stays at :data:`ORIGINAL_DISCRETE_STATESEQS`.
+
+2. :func:`_patch_ar_params`: ``jax_moseq.models.arhmm.gibbs.resample_ar_params`` builds a
+   ``num_states x frames`` float mask (``mask * eye(num_states)[:, z]``) before it maps
+   over the states: 16 x num_states bytes per frame, the largest array of a fit with
+   many frames. The replacement maps over the states with the same keys
+   (``jr.split(seed, num_states)``) and builds each state's row of that mask inside the
+   map, then calls jax-moseq's own ``_resample_regression_params`` with it. Patched:
+   ``arhmm.gibbs.resample_ar_params`` (looked up by ``arhmm.resample_model``) and
+   ``arhmm.resample_ar_params``; the original is :data:`ORIGINAL_AR_PARAMS`.
 """
 
 from __future__ import annotations
@@ -38,6 +67,88 @@ from jax_moseq.utils import (  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+# --------------------------------------------------------------------------- jax-moseq patch
+def _patch_discrete_stateseqs():
+    """Batch jax-moseq's discrete-state step by sequence (see the module docstring). Idempotent."""
+    from functools import partial
+
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax_moseq.models import arhmm
+    from jax_moseq.models.arhmm import gibbs, initialize
+    from jax_moseq.utils import mixed_map
+
+    original = gibbs.resample_discrete_stateseqs
+    if getattr(original, "_kpms_job_batched", False):
+        return original._kpms_job_original
+
+    def one_sequence(key, x, mask, Ab, Q, pi, nlags):
+        # the original's lines, for one sequence: x (T, latent_dim), mask (T,)
+        log_likelihoods = jax.lax.map(partial(gibbs.ar_log_likelihood, x), (Ab, Q))  # (num_states, T - nlags)
+        _, z = gibbs.sample_hmm_stateseq(key, pi, jnp.moveaxis(log_likelihoods, 0, -1),
+                                         mask.astype(float)[nlags:])
+        return z
+
+    @jax.jit
+    def resample_discrete_stateseqs(seed, x, mask, Ab, Q, pi, **kwargs):
+        """jax-moseq's ``resample_discrete_stateseqs``, batched over sequences by ``mixed_map``."""
+        nlags = gibbs.get_nlags(Ab)
+        fn = partial(one_sequence, nlags=nlags)
+        return mixed_map(fn, in_axes=(0, 0, 0, None, None, None))(
+            jr.split(seed, mask.shape[0]), x, mask, Ab, Q, pi)
+
+    resample_discrete_stateseqs.__doc__ = original.__doc__
+    resample_discrete_stateseqs._kpms_job_batched = True
+    resample_discrete_stateseqs._kpms_job_original = original
+    for module in (gibbs, arhmm, initialize):
+        module.resample_discrete_stateseqs = resample_discrete_stateseqs
+    return original
+
+
+def _patch_ar_params():
+    """Build the per-state masks of jax-moseq's AR parameter step inside its map (module docstring). Idempotent."""
+    from functools import partial
+
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax_moseq.models import arhmm
+    from jax_moseq.models.arhmm import gibbs
+
+    original = gibbs.resample_ar_params
+    if getattr(original, "_kpms_job_batched", False):
+        return original._kpms_job_original
+
+    @gibbs.nan_check
+    @partial(jax.jit, static_argnames=("num_states", "nlags"))
+    def resample_ar_params(seed, *, nlags, num_states, mask, x, z, nu_0, S_0, M_0, K_0, **kwargs):
+        """jax-moseq's ``resample_ar_params`` without the ``num_states x frames`` mask array."""
+        seeds = jr.split(seed, num_states)
+        valid = mask[..., nlags:].reshape(-1)
+        z_flat = z.reshape(-1)
+        eye = jnp.eye(num_states)
+        x_in = gibbs.pad_affine(gibbs.get_lags(x, nlags)).reshape(-1, nlags * x.shape[-1] + 1)
+        x_out = x[..., nlags:, :].reshape(-1, x.shape[-1])
+
+        def one_state(args):
+            key, state = args
+            state_mask = valid * eye[state][z_flat]  # row `state` of the original's masks
+            return gibbs._resample_regression_params(x_in, x_out, nu_0, S_0, M_0, K_0, (key, state_mask))
+
+        return jax.lax.map(one_state, (seeds, jnp.arange(num_states)))
+
+    resample_ar_params.__doc__ = original.__doc__
+    resample_ar_params._kpms_job_batched = True
+    resample_ar_params._kpms_job_original = original
+    for module in (gibbs, arhmm):
+        module.resample_ar_params = resample_ar_params
+    return original
+
+
+#: jax-moseq's own steps, before the patches (for tests).
+ORIGINAL_DISCRETE_STATESEQS = _patch_discrete_stateseqs()
+ORIGINAL_AR_PARAMS = _patch_ar_params()
 
 
 class FitOutOfMemory(JobError):
