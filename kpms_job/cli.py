@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--latent-dim", type=int, default=10, help="with --frames: latent_dim (default 10)")
             sp.add_argument("--num-states", type=int, default=100, help="with --frames: num_states")
             sp.add_argument("--budget-gb", type=float, help="with --frames: memory budget in GiB")
+            sp.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                            help="with --frames: plan for a GPU or a CPU (default: this machine); "
+                                 "--device gpu without a GPU here needs --budget-gb, the GPU's memory")
     return p
 
 

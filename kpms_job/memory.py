@@ -18,12 +18,13 @@ Every step's memory is linear in the number of (padded) frames. Its bytes per fr
 a linear combination of features of the model's size (:func:`features`), with
 coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
 for a grid of small real shapes and fits them by least squares (``python -m
-kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Only the Kalman sampling of
-the full model (``continuous``) is split by ``mixed_map_iters`` (jax-moseq's
-``mixed_map``), so it has a *whole* part (over all frames) and a *chunk* part (over one
-batch of ``ceil(segments / mixed_map_iters)`` segments). ``parallel_message_passing``
-(an associative scan instead of a sequential Kalman filter) is much faster on a GPU and
-needs several times the memory.
+kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Two steps are split by
+``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
+(``continuous``) and the discrete-state sampling of both models (``discrete``; batched by
+the adapter's patch of jax-moseq, see :mod:`kpms_job.kpms_adapter`). Each has a *whole*
+part (over all frames) and a *chunk* part (over one batch of ``ceil(segments /
+mixed_map_iters)`` segments). ``parallel_message_passing`` (an associative scan instead
+of a sequential Kalman filter) is much faster on a GPU and needs several times the memory.
 
 keypoint-moseq turns on 64-bit floats for the whole process, so arrays are 8 bytes.
 """
@@ -45,11 +46,17 @@ FILL = 0.9
 # --------------------------------------------------------------------------- constants
 #: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
 #: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
-#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames).
+#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames). ``discrete.*``
+#: and ``ar_params`` re-measured after the adapter's patches of those two steps
+#: (``python -m kpms_job.memory --calibrate --steps discrete,ar_params``: the same grid,
+#: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
+#: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
+#: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
 COEFFS: dict[str, dict[str, float]] = {
     "transitions": {"1": 17.436},
-    "ar_params": {"S": 15.87, "LD": 11.964},
-    "discrete": {"1": 103.371, "S": 23.194},
+    "ar_params": {"1": 34.316, "LD": 21.677},
+    "discrete.whole": {"1": 23.867, "D": 20.726},
+    "discrete.chunk": {"1": -157.202, "S": 24.425},
     "continuous.seq.whole": {"1": 24.268, "K": 62.949, "LD": 20.414},
     "continuous.seq.chunk": {"1": -29.789, "K": -63.254, "LD2": 15.992},
     "continuous.par.whole": {"K": 118.532, "LD": 3.814, "LD2": 11.178},
@@ -151,11 +158,15 @@ def features(shape: Shape) -> dict[str, float]:
             "KLD": float(k * ld), "SLD": float(s * ld)}
 
 
+#: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each.
+BATCHED = ("continuous", "discrete")
+
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
     "transitions": ("1",),
-    "ar_params": ("S", "LD"),
-    "discrete": ("1", "S"),
+    "ar_params": ("1", "LD"),  # the lagged x; no num_states x frames mask since the adapter's patch
+    "discrete.whole": ("1", "D"),  # copies of x (mixed_map's reshape), keys, z: within 13% on the grid
+    "discrete.chunk": ("1", "S"),  # per batch: the AR log likelihoods and HMM messages, num_states per frame
     "continuous.seq.whole": ("1", "K", "LD"),
     "continuous.seq.chunk": ("1", "K", "LD2"),
     "continuous.par.whole": ("K", "LD", "LD2"),
@@ -231,7 +242,8 @@ class Estimate:
         return self.base + self.resident + max(self.steps.values())
 
     def describe(self) -> str:
-        return (f"{gib(self.total)} = {gib(self.base)} process + {gib(self.resident)} data and state + "
+        process = f"{gib(self.base)} process + " if self.base else ""
+        return (f"{gib(self.total)} = {process}{gib(self.resident)} data and state + "
                 f"{gib(self.steps[self.peak_step])} in its largest step ({self.peak_step})")
 
 
@@ -254,21 +266,26 @@ def resident_bytes(shape: Shape, backend: str = "cpu") -> float:
 
 def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", backend: str = "cpu",
              coeffs=None) -> Estimate:
-    """Peak memory of the AR-HMM (``stage='arhmm'``) or full-model fit with ``setting``."""
+    """Peak memory of the AR-HMM (``stage='arhmm'``) or full-model fit with ``setting``.
+
+    ``setting=None``: no batching (mixed_map_iters 1, parallel_message_passing off).
+    """
     coeffs = coeffs or COEFFS
+    setting = setting or Setting(False, 1)
     frames = shape.padded_frames
+    chunk = shape.chunk_frames(setting.mixed_map_iters)
     steps = {}
     names = STEPS_ARHMM if stage == "arhmm" else STEPS_FULL
     for name in names:
-        if name == "continuous":
-            kind = "par" if setting.parallel_message_passing else "seq"
-            chunk = shape.chunk_frames(setting.mixed_map_iters)
-            steps[name] = (per_frame(f"continuous.{kind}.whole", shape, coeffs) * frames
-                           + per_frame(f"continuous.{kind}.chunk", shape, coeffs) * chunk)
+        if name in BATCHED:
+            term = name
+            if name == "continuous":
+                term += ".par" if setting.parallel_message_passing else ".seq"
+            steps[name] = (per_frame(f"{term}.whole", shape, coeffs) * frames
+                           + per_frame(f"{term}.chunk", shape, coeffs) * chunk)
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames
-    return Estimate(stage, setting if stage != "arhmm" else None, BASE_BYTES.get(backend, 0.0),
-                    resident_bytes(shape, backend), steps)
+    return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)
 
 
 @dataclass
@@ -280,9 +297,10 @@ class Choice:
     budget: float
     arhmm: Estimate
     full: Estimate
-    tried: list  # (Setting, Estimate) of every rung considered, in order
+    tried: list  # (Setting, full-model Estimate) of every rung considered, in order
     skipped: list  # settings excluded because they already ran out of memory
     reason: str
+    tried_arhmm: list = field(default_factory=list)  # the AR-HMM Estimate of each rung in ``tried``
 
     def as_dict(self) -> dict:
         return {**self.setting.as_dict(), "fits": self.fits, "budget_bytes": int(self.budget),
@@ -290,13 +308,19 @@ class Choice:
                 "reason": self.reason}
 
 
+def need(arhmm: Estimate, full: Estimate) -> Estimate:
+    """The bigger of a setting's two fits: what the budget has to hold."""
+    return arhmm if arhmm.total > full.total else full
+
+
 def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
            failed=()) -> Choice:
-    """The fastest setting whose estimate fits ``FILL`` x ``budget``.
+    """The fastest setting whose estimates (AR-HMM and full model) fit ``FILL`` x ``budget``.
 
     ``failed`` are settings that already ran out of memory: the plan goes on from the
-    rung after the last of them. When no rung fits, the most frugal one left is chosen
-    (``fits=False``): an estimate is not a measurement, and the job tries it.
+    rung after the last of them. When no rung fits, the fastest of the most frugal ones
+    left is chosen (``fits=False``; more batches that save nothing only cost time): an
+    estimate is not a measurement, and the job tries it.
     """
     rungs = ladder(backend, shape.segments, parallel, mixed_map_iters)
     failed = [Setting(bool(f["parallel_message_passing"]), int(f["mixed_map_iters"])) if isinstance(f, dict)
@@ -306,40 +330,38 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
         if f in rungs:
             start = max(start, rungs.index(f) + 1)
     skipped, rungs = rungs[:start], rungs[start:]
-    arhmm = estimate(shape, None, "arhmm", backend)
     limit = FILL * budget
-    tried = []
     if not rungs:
         last = skipped[-1] if skipped else Setting(False, 1)
-        full = estimate(shape, last, "full_model", backend)
-        return Choice(last, False, budget, arhmm, full, [], skipped,
+        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend),
+                      estimate(shape, last, "full_model", backend), [], skipped,
                       "every setting has run out of memory already")
+    tried, ars = [], []
     for s in rungs:
-        est = estimate(shape, s, "full_model", backend)
-        tried.append((s, est))
-        if est.total <= limit and arhmm.total <= limit:
+        ar, full = estimate(shape, s, "arhmm", backend), estimate(shape, s, "full_model", backend)
+        tried.append((s, full))
+        ars.append(ar)
+        if need(ar, full).total <= limit:
             break
-    fits = tried[-1][1].total <= limit and arhmm.total <= limit
+    fits = need(ars[-1], tried[-1][1]).total <= limit
     if not fits:  # the fastest of the most frugal: more batches that save nothing only cost time
-        least = min(e.total for _, e in tried)
-        tried = tried[:next(i for i, (_, e) in enumerate(tried) if e.total <= least * 1.001) + 1]
-    s, full = tried[-1]
+        totals = [need(a, f).total for a, (_, f) in zip(ars, tried, strict=True)]
+        n = next(i for i, t in enumerate(totals) if t <= min(totals) * 1.001) + 1
+        tried, ars = tried[:n], ars[:n]
+    (s, full), arhmm = tried[-1], ars[-1]
     why = []
     if skipped:
         why.append(f"{len(skipped)} faster setting(s) ran out of memory before")
     if len(tried) > 1:
-        first = tried[0]
-        why.append(f"{len(tried) - 1} faster setting(s) need more (the fastest, {first[0].label()}, "
-                   f"needs {gib(first[1].total)})")
+        why.append(f"{len(tried) - 1} faster setting(s) need more")
     if fits:
         why.append(f"the fastest that fits {gib(limit)} ({FILL:.0%} of the {gib(budget)} budget): "
-                   f"full model {full.describe()}")
-    elif arhmm.total > limit:
-        why.append(f"the AR-HMM alone needs {arhmm.describe()}, over {gib(limit)} ({FILL:.0%} of the budget), "
-                   "whatever the setting (mixed_map_iters batches only the full model's Kalman sampling)")
+                   f"full model {full.describe()}; AR-HMM {gib(arhmm.total)}")
     else:
-        why.append(f"nothing fits {gib(limit)}; the most frugal setting needs {full.describe()}")
-    return Choice(s, fits, budget, arhmm, full, tried, skipped, ". ".join(why))
+        big = need(arhmm, full)
+        what = "the AR-HMM" if big is arhmm else "the full model"
+        why.append(f"nothing fits {gib(limit)} ({FILL:.0%} of the budget): at best {what} needs {big.describe()}")
+    return Choice(s, fits, budget, arhmm, full, tried, skipped, "; ".join(why), ars)
 
 
 def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
@@ -387,9 +409,9 @@ def fit_coefficients(records) -> dict[str, dict[str, float]]:
     """Least-squares coefficients per term from measured step memory.
 
     ``records``: dicts with keypoints, latent_dim, num_states, nlags, step, pmp, mmi,
-    frames (per compiled call), chunk_frames and bytes (temp + output). The Kalman
-    step's whole and chunk parts are separated with its memory at mixed_map_iters 1
-    and 2 for the same shape.
+    frames (per compiled call), chunk_frames and bytes (temp + output). The whole and
+    chunk parts of a batched step (:data:`BATCHED`) are separated with its memory at
+    mixed_map_iters 1 and 2 for the same shape.
     """
     import numpy as np
 
@@ -398,21 +420,23 @@ def fit_coefficients(records) -> dict[str, dict[str, float]]:
     for r in records:
         shape = Shape(frames=r["frames"], keypoints=r["keypoints"], latent_dim=r["latent_dim"],
                       num_states=r["num_states"], nlags=r.get("nlags", 3))
-        if r["step"] != "continuous":
+        if r["step"] not in BATCHED:
             rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
         else:
-            key = (r["keypoints"], r["latent_dim"], r["num_states"], r["pmp"])
+            term = r["step"]
+            if term == "continuous":
+                term += ".par" if r["pmp"] else ".seq"
+            key = (r["keypoints"], r["latent_dim"], r["num_states"], term)
             by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
-    for (_, _, _, pmp), runs in by_shape.items():
+    for (_, _, _, term), runs in by_shape.items():
         if 1 not in runs or 2 not in runs:
             continue
         shape, f1, c1, b1 = runs[1]
         _, f2, c2, b2 = runs[2]
         chunk = (b1 - b2) / (c1 - c2)  # bytes per chunk frame
         whole = (b1 - chunk * c1) / f1
-        kind = "par" if pmp else "seq"
-        rows.setdefault(f"continuous.{kind}.chunk", []).append((features(shape), chunk))
-        rows.setdefault(f"continuous.{kind}.whole", []).append((features(shape), whole))
+        rows.setdefault(f"{term}.chunk", []).append((features(shape), chunk))
+        rows.setdefault(f"{term}.whole", []).append((features(shape), whole))
     out = {}
     for term, data in rows.items():
         names = STEP_FEATURES[term]
@@ -424,14 +448,17 @@ def fit_coefficients(records) -> dict[str, dict[str, float]]:
 
 
 def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=CALIBRATION_SEG_LENGTH,
-              progress=print) -> tuple[dict, list]:
+              progress=print, steps=None) -> tuple[dict, list]:
     """Recompute :data:`COEFFS` by compiling the real jax-moseq steps (takes minutes).
 
     For each (keypoints, latent_dim, num_states) in ``grid``, a model is initialised on
     the bundled real recording (:func:`kpms_adapter.calibration_model`), then every
     step of one full-model iteration is compiled for ``segments`` x ``seg_length``
     frames (abstract shapes: nothing of that size is allocated) and XLA's memory
-    analysis gives its temporaries and outputs. Returns (coefficients, records).
+    analysis gives its temporaries and outputs. The batched steps (:data:`BATCHED`) are
+    compiled at mixed_map_iters 1 and 2. ``steps`` (names in :data:`STEPS_FULL`)
+    restricts the measurement to those steps; the coefficients of the others are kept
+    from :data:`COEFFS`. Returns (coefficients, records).
     """
     from . import kpms_adapter as A  # imports JAX: only here, never at module import
 
@@ -440,10 +467,17 @@ def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=C
         data, model = A.calibration_model(k, d, s)
         for pmp in (False, True):
             for mmi in (1, 2):
-                steps = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
-                                               parallel_message_passing=pmp, mixed_map_iters=mmi,
-                                               only=None if (not pmp and mmi == 1) else ("continuous",))
-                for step, mem in steps.items():
+                only = set(steps or STEPS_FULL)
+                if pmp:  # parallel message passing changes the Kalman step only
+                    only &= {"continuous"}
+                if mmi > 1:
+                    only &= set(BATCHED)
+                if not only:
+                    continue
+                measured = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
+                                                  parallel_message_passing=pmp, mixed_map_iters=mmi,
+                                                  only=tuple(only))
+                for step, mem in measured.items():
                     rec = {"keypoints": k, "latent_dim": d, "num_states": s, "nlags": 3, "step": step,
                            "pmp": pmp, "mmi": mmi, "frames": mem["frames"], "chunk_frames": mem["chunk_frames"],
                            "bytes": mem["temp"] + mem["output"]}
@@ -451,15 +485,19 @@ def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=C
                     if progress:
                         progress(f"K={k} D={d} S={s} pmp={pmp} mmi={mmi} {step}: "
                                  f"{rec['bytes'] / mem['frames']:.0f} bytes/frame")
-    return fit_coefficients(records), records
+    fitted = fit_coefficients(records)
+    if steps is None:
+        return fitted, records
+    return {**{t: c for t, c in COEFFS.items() if t not in fitted}, **fitted}, records
 
 
 if __name__ == "__main__":  # python -m kpms_job.memory --calibrate
     import json
     import sys
 
-    if "--calibrate" in sys.argv:
-        coeffs, recs = calibrate()
+    if "--calibrate" in sys.argv:  # [--steps discrete,continuous] [--records]
+        only = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
+        coeffs, recs = calibrate(steps=only)
         if "--records" in sys.argv:
             print(json.dumps(recs, indent=1))
         print("COEFFS = " + json.dumps(coeffs, indent=4))

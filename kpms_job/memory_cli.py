@@ -11,14 +11,31 @@ from .errors import EXIT_OK, ManifestError
 from .memory import gib
 
 
-def _machine_budget(budget_gb, vram_budget_gb="auto"):
+def _machine_budget(budget_gb, vram_budget_gb="auto", device="auto"):
+    """(machine, budget bytes, its source, backend to plan for).
+
+    ``device`` ``gpu`` / ``cpu`` plans for that kind of machine whatever this one is
+    (a laptop planning for the GPU node a job will get); ``auto``: this machine.
+    """
     machine = resources.detect()
+    backend = machine.backend if device in (None, "auto") else device
+    if backend != machine.backend:
+        machine.notes = [n for n in machine.notes if "planning for the CPU" not in n]
+        here = "a GPU" if machine.backend == "gpu" else "no GPU JAX can use"
+        machine.notes.append(f"planning for a {backend.upper()} (--device {backend}); this machine has {here}")
     if budget_gb is not None:
         if budget_gb <= 0:
             raise ManifestError(["command line: --budget-gb must be a positive number of GiB"])
-        return machine, budget_gb * memory.GiB, "--budget-gb"
+        what = "the GPU's memory" if backend == "gpu" else "system memory"
+        return machine, budget_gb * memory.GiB, f"--budget-gb, {what}", backend
+    if backend == "gpu" and machine.backend != "gpu":
+        raise ManifestError(["command line: --device gpu on a machine without a usable GPU needs --budget-gb "
+                             "(the memory of the GPU the job will get, e.g. 24 or 80)"])
+    if backend == "cpu" and machine.backend == "gpu":
+        machine = resources.Machine("cpu", ram_total=machine.ram_total, ram_available=machine.ram_available,
+                                    ram_source=machine.ram_source, notes=machine.notes)
     b, source = resources.budget(machine, vram_budget_gb)
-    return machine, b, source
+    return machine, b, source, backend
 
 
 def report(shape: memory.Shape, budget: float, source: str, backend: str, parallel="auto",
@@ -34,11 +51,12 @@ def report(shape: memory.Shape, budget: float, source: str, backend: str, parall
         f"  budget     {gib(budget)} on the {where} ({source}); plans fill at most {memory.FILL:.0%}",
     ]
     lines += [f"  note       {n}" for n in notes]
-    lines.append(f"  AR-HMM     {choice.arhmm.describe()} (any setting)")
-    lines.append("  full model, from the fastest setting to the most frugal:")
-    for s, est in choice.tried:
-        mark = "fits" if est.total <= memory.FILL * budget else "too big"
-        lines.append(f"    {s.label():<54} {gib(est.total):>10}  {mark}  (largest step: {est.peak_step})")
+    lines.append("  settings, from the fastest to the most frugal (peak of the AR-HMM and of the full model):")
+    for (s, full), ar in zip(choice.tried, choice.tried_arhmm, strict=True):
+        big = memory.need(ar, full)
+        mark = "fits" if big.total <= memory.FILL * budget else "too big"
+        lines.append(f"    {s.label():<54} AR-HMM {gib(ar.total):>9}, full {gib(full.total):>9}  {mark:<7}  "
+                     f"(largest step: {big.peak_step}{' in the AR-HMM' if big is ar else ''})")
     rest = memory.ladder(backend, shape.segments, parallel, mixed_map_iters)[len(choice.skipped) + len(choice.tried):]
     if rest:
         why = "not needed" if choice.fits else "save nothing more, by the model"
@@ -46,6 +64,8 @@ def report(shape: memory.Shape, budget: float, source: str, backend: str, parall
                      f"mixed_map_iters={rest[-1].mixed_map_iters})")
     verdict = "chosen" if choice.fits else "DOES NOT FIT; would try"
     lines.append(f"  {verdict}: {choice.setting.label()}")
+    lines.append(f"  AR-HMM     {choice.arhmm.describe()}")
+    lines.append(f"  full model {choice.full.describe()}")
     lines.append(f"  why        {choice.reason}")
     if not choice.fits:
         n = memory.max_frames(shape, budget, backend, parallel, mixed_map_iters)
@@ -68,17 +88,17 @@ def plan_frames(args) -> int:
             raise ManifestError([f"command line: --{name.replace('_', '-')} must be at least 1"])
     if args.keypoints < 3:
         raise ManifestError(["command line: --keypoints must be at least 3 (keypoint-moseq aligns on 2)"])
-    machine, budget, source = _machine_budget(args.budget_gb)
+    machine, budget, source, backend = _machine_budget(args.budget_gb, device=getattr(args, "device", "auto"))
     shape = memory.Shape(frames=args.frames, keypoints=args.keypoints, latent_dim=args.latent_dim,
                          num_states=args.num_states)
-    print("\n".join(report(shape, budget, source, machine.backend, notes=machine.notes)))
+    print("\n".join(report(shape, budget, source, backend, notes=machine.notes)))
     return EXIT_OK
 
 
 def plan_manifest(m: dict, state) -> None:
     """The memory part of ``kpms-job plan MANIFEST`` (after the stage plan)."""
     res = m.get("resources") or {}
-    machine, budget, source = _machine_budget(None, res.get("vram_budget_gb", "auto"))
+    machine, budget, source, _ = _machine_budget(None, res.get("vram_budget_gb", "auto"))
     shape = resources.shape_from_state(m, state)
     if shape is None:
         print("memory plan: after ingest has run (the frames are counted then); "

@@ -439,9 +439,11 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
     """Record an out-of-memory error of a fit and choose the setting for the next process.
 
     Returns the next setting (a dict); raises :class:`OutOfMemory` when the most frugal
-    setting ran out of memory too. An AR-HMM fit does not use the Kalman sampler the
-    settings batch, so after its failure only the most frugal setting is tried once more
-    (a fresh process may find memory another process has freed meanwhile).
+    setting ran out of memory too. Settings the memory model says save nothing over the
+    failed one, in the fit that failed (the AR-HMM's discrete step is batched by
+    ``mixed_map_iters`` but not changed by ``parallel_message_passing``), are skipped;
+    the most frugal one is always tried (a fresh process may find memory another process
+    has freed meanwhile).
     """
     plan = dict(state.get("resources") or {})
     if not plan:
@@ -458,18 +460,12 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
     rungs = memory.ladder(backend, shape.segments, res.get("parallel_message_passing", "auto"),
                           res.get("mixed_map_iters", "auto"))
     failed = [memory.Setting(**a["setting"]) for a in attempts if a.get("outcome") == "out of memory"]
-    if stage == "arhmm" and rungs and rungs[-1] not in failed:
-        failed += [r for r in rungs[:-1] if r not in failed]
-        for r in rungs[:-1]:
-            if r.as_dict() not in [a["setting"] for a in attempts]:
-                attempts.append({"setting": r.as_dict(), "outcome": "out of memory", "stage": stage,
-                                 "error": "skipped: the AR-HMM's memory does not depend on this setting",
-                                 "signature": plan.get("signature"), "at": attempts[-1]["at"]})
     done = [rungs.index(f) for f in failed if f in rungs]
     left = rungs[max(done) + 1:] if done else rungs
     if len(left) > 1:  # skip rungs the model says save nothing over the failed one; keep the last
-        failed_est = memory.estimate(shape, memory.Setting(**setting), "full_model", backend).total
-        saving = [r for r in left[:-1] if memory.estimate(shape, r, "full_model", backend).total < 0.99 * failed_est]
+        fit = "arhmm" if stage == "arhmm" else "full_model"
+        failed_est = memory.estimate(shape, memory.Setting(**setting), fit, backend).total
+        saving = [r for r in left[:-1] if memory.estimate(shape, r, fit, backend).total < 0.99 * failed_est]
         left = saving + left[-1:]
     state.put("resources", plan)
     if not left:
