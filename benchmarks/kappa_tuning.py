@@ -35,6 +35,11 @@ DATASETS = {
     "golden_mouse": ("deeplabcut",
                      DATA / "DeepLabCut/golden_mouseDLC_dlcrnetms5_golden_mouseOct19shuffle1_2000.h5", 30.0),
     "square_arena": ("deeplabcut", DATA / "deepof/testDLC_square_arena.h5", 25.0),
+    # two mice in one multi-animal DLC file: two recordings of 5700 frames (fps not stated; 30 assumed)
+    "two_mice": ("deeplabcut",
+                 DATA / "ethome" / ("e3v813a-20210610T122332-122642DLC_dlcrnetms5_pilot_studySep24shuffle1"
+                                    "_100000_el_filtered.csv"),
+                 30.0),
     "flies": ("sleap", DATA / "sleap/predictions.slp", 25.0),
 }
 

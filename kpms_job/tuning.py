@@ -9,18 +9,26 @@ costs ``settle + check_every`` iterations rather than a whole fit.
 
 Measured on real data: syllables lengthen quickly when kappa rises but shorten only
 slowly when it falls (the chain remembers its long syllables), so a chain that
-overshot misleads every later measurement. The search is therefore a ratchet from
-below: a state whose syllables are too short becomes the new *base* and the chain
-continues from it; an attempt that overshoots is discarded, the chain rolls back to
-the base and tries a smaller kappa. Steps are secant steps on log kappa, kept inside
-the bracket of kappas known to be too low / too high once both are known
-(bisection when the secant leaves it), and limited to ``max_step`` decades.
+overshot by far misleads every later measurement. The search is therefore a ratchet
+from below: a state whose syllables are too short becomes the new *base* and the chain
+continues from it; an attempt that overshoots clearly (``rollback_above`` times the
+window's top) is discarded, the chain rolls back to the base and tries a smaller kappa.
+A mild overshoot, or one with no base yet (the full model starts from the AR-HMM's
+state, which may already be too long), goes on from where it is with a smaller kappa.
+Steps are secant steps on log kappa, kept inside the bracket of kappas known to be too
+low / too high once both are known (bisection when the secant leaves it), and limited
+to ``max_step`` decades. A bracket narrower than ``min_bracket`` decades is the chain's
+own wandering, not kappa's effect (seen on real data): its older side is dropped.
 
 Once the measurement sits in the target band, kappa is frozen and the chain must run
 ``fixed_iters`` more iterations at that one kappa (the final stretch). If drift
 takes it out of the window during that stretch and there is budget left, kappa is
-corrected and the stretch starts again. There are no search bounds: steps are
-limited to ``max_step`` decades each, so any kappa (1e0..1e20) is reachable.
+corrected and the stretch starts again. After the stretch the chain ends at the first
+state whose own median is in the window (one state's median wanders by a frame or so
+even when the chain's mean is on target), or when the budget is spent. There are no
+search bounds beyond ``kappa_min``..``kappa_max`` (1..1e25): steps are limited to
+``max_step`` decades each, so any kappa is reachable; a kappa pinned at a limit with
+the duration still outside the window gives up with a plain verdict.
 
 The whole tuner state is a function of the observations, so replaying the saved
 per-iteration medians up to a snapshot rebuilds exactly the tuner that wrote it
@@ -46,6 +54,10 @@ class TunerConfig:
     max_step: float = 3.0  # decades per correction
     slope0: float = 0.25  # prior d log10(duration) / d log10(kappa)
     band: float = 0.6  # fraction of the window (log scale, centred) that counts as "on target"
+    rollback_above: float = 1.25  # roll back only when the duration exceeds the window's top this much
+    min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
+    kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
+    kappa_max: float = 1e25
 
 
 @dataclass
@@ -71,7 +83,9 @@ class KappaTuner:
     checks: list = field(default_factory=list, init=False)
     medians: list = field(default_factory=list, init=False)  # (iteration, median_ms or None)
     points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
-    base_iter: int = field(default=0, init=False)  # the chain rolls back to this snapshot on overshoot
+    # the chain rolls back to this snapshot on overshoot; None until a state was measured
+    # too short or in the window (a chain that starts with long syllables has no base)
+    base_iter: int | None = field(default=None, init=False)
     low_k: float | None = field(default=None, init=False)  # highest log10 kappa known too short
     high_k: float | None = field(default=None, init=False)  # lowest log10 kappa known too long
     rollback: int | None = field(default=None, init=False)  # set when the last observe asks for one
@@ -100,7 +114,19 @@ class KappaTuner:
         return self.cfg.max_iters - self.cfg.fixed_iters
 
     def done(self, iteration: int) -> bool:
-        return iteration >= self.end_iteration()
+        """The chain may end here: long enough, and this very state is in the window.
+
+        Past the planned end the chain runs on at the same kappa (the fixed stretch
+        only gets longer) until a state's own median lands in the window or the budget
+        is spent: the final model is one state, and one state's median varies by a
+        frame or so from iteration to iteration even when the chain is on target.
+        """
+        if iteration >= self.cfg.max_iters:
+            return True
+        if iteration < self.end_iteration():
+            return False
+        last = self.medians[-1] if self.medians else None
+        return last is not None and last[0] == iteration and self.in_window(last[1])
 
     # ------------------------------------------------------------------ search
     def _measure(self, iteration: int) -> float | None:
@@ -189,20 +215,32 @@ class KappaTuner:
             self.base_iter = iteration  # progress kept: the chain goes on from here
         else:
             self.high_k = lk if self.high_k is None else min(self.high_k, lk)
+        if (self.low_k is not None and self.high_k is not None
+                and self.high_k - self.low_k < self.cfg.min_bracket):
+            # the chain's own wandering is larger than kappa's effect at this scale (seen on real
+            # data: ten rollbacks within 0.06 decades, each measuring the same): trust the newest side
+            if too_short:
+                self.high_k = None
+            else:
+                self.low_k = None
         step = (self.center - math.log10(measured)) / self._slope()
         limit = 0.5 if inside else self.cfg.max_step  # inside the window: nudge toward the centre
         step = max(-limit, min(limit, step))
         new = lk + step
-        if self.low_k is not None and self.high_k is not None:
-            if not (self.low_k < new < self.high_k):
-                new = 0.5 * (self.low_k + self.high_k)
-            if self.high_k <= self.low_k:  # noise broke the bracket: trust the newest side
-                if too_short:
-                    self.high_k = None
-                else:
-                    self.low_k = None
-        # only a state outside the window is discarded; inside it the chain goes on with the nudge
-        rollback = not too_short and not inside and self.base_iter != iteration
+        if self.low_k is not None and self.high_k is not None and not (self.low_k < new < self.high_k):
+            new = 0.5 * (self.low_k + self.high_k)
+        floor, ceiling = math.log10(self.cfg.kappa_min), math.log10(self.cfg.kappa_max)
+        new = min(max(new, floor), ceiling)
+        if abs(new - lk) < 1e-9 and (new == floor or new == ceiling):
+            self.gave_up = (f"kappa is at its {'lower' if new == floor else 'upper'} limit ({10 ** new:g}) "
+                            f"and the median duration is still {measured:.0f} ms")
+            self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
+            return None
+        # a state is discarded only when clearly too long (chains shorten their syllables slowly,
+        # so a big overshoot would mislead every later check) and there is a base to return to;
+        # a mild overshoot goes on from where it is with a smaller kappa
+        rollback = (not too_short and measured > self.cfg.hi_ms * self.cfg.rollback_above
+                    and self.base_iter is not None and self.base_iter != iteration)
         what = "rollback, " if rollback else ""
         self.checks.append(Check(iteration, self.kappa, measured, inside, f"{what}kappa -> {10**new:.3g}"))
         return self._move(10 ** new, iteration, rollback)
@@ -238,9 +276,10 @@ class KappaTuner:
     def report(self, final_ms: float | None) -> dict:
         inside = self.in_window(final_ms)
         fixed_from = self.changed_at
+        last = self.medians[-1][0] if self.medians else self.end_iteration()
         if inside:
             verdict = (f"in window: final median {final_ms:.0f} ms at kappa {self.kappa:.3g}; "
-                       f"the last {self.end_iteration() - fixed_from} iterations ran at that fixed kappa")
+                       f"the last {last - fixed_from} iterations ran at that fixed kappa")
         else:
             best = self.best()
             closest = f"{best['median_ms']:.0f} ms at kappa {best['kappa']:.3g}" if best else "none"
@@ -250,5 +289,4 @@ class KappaTuner:
                        f"{why}; closest measured: {closest}")
         return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": self.kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
-                "fixed_kappa_iters": self.end_iteration() - fixed_from,
-                "iterations": self.end_iteration(), "gave_up": self.gave_up}
+                "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up}
