@@ -40,6 +40,7 @@ import contextlib
 import io
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -508,6 +509,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         drop_snapshots_after(path, start_iter)
     model = _steady(model)
     it, done = start_iter, False
+    last_plot = time.monotonic()
     for it in range(start_iter + 1, num_iters + 1):
         try:
             faults.point(f"resample:{model_name}:{it}")
@@ -533,7 +535,10 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         stopping = bool(should_stop and should_stop()) and not done
         if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
             _save_snapshot(path, model, it)
-            if progress_plots and (done or it % save_every == 0) and not stopping:
+            # a figure takes about a second: at the end, and at save points at most every 2 minutes
+            if progress_plots and not stopping and (done or (it % save_every == 0
+                                                            and time.monotonic() - last_plot >= 120)):
+                last_plot = time.monotonic()
                 try:
                     with quiet():
                         kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
