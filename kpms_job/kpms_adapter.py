@@ -340,8 +340,16 @@ def remove_outliers(coords, confs, project_dir, scale, bodyparts):
 
 
 def format_data(coords, confs, config):
+    """kpms.format_data with 64-bit inputs.
+
+    keypoint-moseq casts the coordinates to float64 but not the confidences, and SLEAP
+    files hold float32 scores: ``init_model`` then refuses the data ("JAX is configured
+    to use 64-bit precision, but following arguments contain 32-bit arrays").
+    """
+    coords = {k: np.asarray(v, dtype=np.float64) for k, v in coords.items()}
+    confs = {k: np.asarray(v, dtype=np.float64) for k, v in confs.items()}
     with quiet():
-        return kpms.format_data(dict(coords), dict(confs), **config)
+        return kpms.format_data(coords, confs, **config)
 
 
 # --------------------------------------------------------------------------- PCA

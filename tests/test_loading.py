@@ -123,6 +123,9 @@ def test_sleap_slp(adapter):
     xy = coords["testDLC_sleap"]
     assert xy.shape == (101, 14, 2) and confs["testDLC_sleap"].shape == (101, 14)
     assert np.isfinite(xy[:, bodyparts.index("Nose")]).mean() > 0.9
+    # SLEAP scores are float32; the model needs every array in 64 bits (else init_model refuses)
+    data, _ = adapter.format_data(coords, confs, {"bodyparts": bodyparts, "use_bodyparts": bodyparts})
+    assert {str(np.asarray(v).dtype) for v in data.values()} == {"float64"}
     analysis = SHARED_DATA / "deepof" / "testDLC_sleap.analysis.h5"
     if not analysis.is_file():
         pytest.skip("../shared/data is absent: the .slp is not compared with its analysis file")
