@@ -155,13 +155,33 @@ class KappaTuner:
         return self.cfg.slope0
 
     def _saturated(self) -> bool:
-        """Duration stopped responding: kappa moved many decades with no effect."""
-        pts = self.points[-4:]
-        if len(pts) < 4:
+        """The duration stopped responding: kappa moved one way for decades with no effect.
+
+        The points since kappa last changed direction: at least five, spanning at least
+        ``4`` decades, all on one side of the window, and the duration's slope against
+        log kappa under 0.01 (or of the wrong sign). Seen on real data: a full model whose
+        median stayed at 480-520 ms while kappa fell from 1e12 to 1e4. A chain that
+        responds late (slope 0.012 over five decades, measured) is not given up on.
+        """
+        run = self.points[-1:]
+        direction = 0.0
+        for p in reversed(self.points[:-1]):
+            d = run[-1][0] - p[0]
+            if d == 0 or (direction and (d > 0) != (direction > 0)):
+                break
+            direction = d
+            run.append(p)
+        if len(run) < 5:
             return False
-        span = max(p[0] for p in pts) - min(p[0] for p in pts)
-        dy = max(p[1] for p in pts) - min(p[1] for p in pts)
-        return span >= 3 * self.cfg.max_step - 1e-9 and dy < 0.03
+        xs = [p[0] for p in run]
+        ys = [p[1] for p in run]
+        if max(xs) - min(xs) < 4.0:
+            return False
+        if not (all(y < self.center for y in ys) or all(y > self.center for y in ys)):
+            return False
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        return slope < 0.01
 
     def _set(self, kappa: float, iteration: int) -> None:
         self.kappa = float(kappa)
@@ -204,9 +224,9 @@ class KappaTuner:
             self.checks.append(Check(iteration, self.kappa, measured, inside, "hold (no budget left)"))
             return None
         if self._saturated():
+            ks = [p[0] for p in self.points[-5:]]
             self.gave_up = (f"the median duration stopped responding to kappa (about {measured:.0f} ms "
-                            f"for kappa across {10 ** min(p[0] for p in self.points[-4:]):.3g}.."
-                            f"{10 ** max(p[0] for p in self.points[-4:]):.3g})")
+                            f"for kappa across {10 ** min(ks):.3g}..{10 ** max(ks):.3g})")
             self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
             return None
         too_short = math.log10(measured) < self.center

@@ -178,3 +178,16 @@ def test_replay_rebuilds_the_same_tuner_at_any_iteration():
         ref = KappaTuner.replay(cfg, t.medians[: sum(1 for i, _ in t.medians if i <= upto)], 10**9)
         assert r.kappa == ref.kappa and r.changed_at == ref.changed_at
         assert [c.as_dict() for c in r.checks] == [c.as_dict() for c in ref.checks]
+
+
+def test_duration_that_ignores_a_falling_kappa_gives_up_plainly():
+    """Real full model (flies): 480-520 ms while kappa fell eight decades; say so, stop pushing."""
+    def f(kappa, it, rng):
+        return quantise(500.0 * math.exp(rng.gauss(0, 0.03)))
+
+    t = KappaTuner(make_cfg(kappa0=5e12))
+    final, last = drive(t, f)
+    rep = t.report(final)
+    assert not rep["in_window"] and "stopped responding to kappa" in rep["verdict"]
+    assert t.kappa >= 5e12 / 1e6, "kept lowering kappa after the duration had shown it does not follow"
+    assert last <= 260
