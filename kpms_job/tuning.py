@@ -53,7 +53,8 @@ class TunerConfig:
     settle: int = 5  # iterations after a kappa change before measuring
     max_step: float = 3.0  # decades per correction
     slope0: float = 0.25  # prior d log10(duration) / d log10(kappa)
-    band: float = 0.6  # fraction of the window (log scale, centred) that counts as "on target"
+    band: float = 0.6  # fraction of the accepted band (log scale, centred) that counts as "on target"
+    aim: float = 0.5  # where in the window (log scale, 0 = its bottom, 1 = its top) the search aims
     rollback_above: float = 1.25  # roll back only when the duration exceeds the window's top this much
     min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
     kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
@@ -96,11 +97,22 @@ class KappaTuner:
     # ------------------------------------------------------------------ geometry
     @property
     def center(self) -> float:
-        return 0.5 * (math.log10(self.cfg.lo_ms) + math.log10(self.cfg.hi_ms))
+        """log10 of the duration aimed at: ``aim`` of the way up the window (log scale)."""
+        lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
+        return lo + self.cfg.aim * (hi - lo)
+
+    def _half_band(self) -> float:
+        """Half-width (decades) of the accepted band: the widest band around the aim inside the window."""
+        width = math.log10(self.cfg.hi_ms) - math.log10(self.cfg.lo_ms)
+        return width * min(self.cfg.aim, 1.0 - self.cfg.aim)
+
+    def accepted(self, ms: float | None) -> bool:
+        """In the band around the aim (the whole window when aiming at its centre)."""
+        return (ms is not None and self.in_window(ms)
+                and abs(math.log10(ms) - self.center) <= self._half_band() + 1e-12)
 
     def on_target(self, ms: float) -> bool:
-        half = 0.5 * self.cfg.band * (math.log10(self.cfg.hi_ms) - math.log10(self.cfg.lo_ms))
-        return abs(math.log10(ms) - self.center) <= half
+        return abs(math.log10(ms) - self.center) <= self.cfg.band * self._half_band()
 
     def in_window(self, ms: float | None) -> bool:
         return ms is not None and self.cfg.lo_ms <= ms <= self.cfg.hi_ms
@@ -126,7 +138,7 @@ class KappaTuner:
         if iteration < self.end_iteration():
             return False
         last = self.medians[-1] if self.medians else None
-        return last is not None and last[0] == iteration and self.in_window(last[1])
+        return last is not None and last[0] == iteration and self.accepted(last[1])
 
     # ------------------------------------------------------------------ search
     def _measure(self, iteration: int) -> float | None:
@@ -213,21 +225,21 @@ class KappaTuner:
             return None
         lk = math.log10(self.kappa)
         self.points.append((lk, math.log10(measured)))
-        inside = self.in_window(measured)
+        inside = self.accepted(measured)
         if inside and (self.frozen or self.on_target(measured) or not self._has_budget(iteration)):
             self.frozen = True
-            if self.in_window(self.medians[-1][1]):  # this very state is in the window too
+            if self.accepted(self.medians[-1][1]):  # this very state is in the band too
                 self.base_iter = iteration  # drift past the window rolls back here
-            self.checks.append(Check(iteration, self.kappa, measured, inside, "hold"))
+            self._note(iteration, measured, "hold")
             return None
         if not self._has_budget(iteration):
-            self.checks.append(Check(iteration, self.kappa, measured, inside, "hold (no budget left)"))
+            self._note(iteration, measured, "hold (no budget left)")
             return None
         if self._saturated():
             ks = [p[0] for p in self.points[-5:]]
             self.gave_up = (f"the median duration stopped responding to kappa (about {measured:.0f} ms "
                             f"for kappa across {10 ** min(ks):.3g}..{10 ** max(ks):.3g})")
-            self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
+            self._note(iteration, measured, "give up")
             return None
         too_short = math.log10(measured) < self.center
         if too_short:
@@ -254,7 +266,7 @@ class KappaTuner:
         if abs(new - lk) < 1e-9 and (new == floor or new == ceiling):
             self.gave_up = (f"kappa is at its {'lower' if new == floor else 'upper'} limit ({10 ** new:g}) "
                             f"and the median duration is still {measured:.0f} ms")
-            self.checks.append(Check(iteration, self.kappa, measured, inside, "give up"))
+            self._note(iteration, measured, "give up")
             return None
         # a state is discarded only when clearly too long (chains shorten their syllables slowly,
         # so a big overshoot would mislead every later check) and there is a base to return to;
@@ -262,8 +274,11 @@ class KappaTuner:
         rollback = (not too_short and measured > self.cfg.hi_ms * self.cfg.rollback_above
                     and self.base_iter is not None and self.base_iter != iteration)
         what = "rollback, " if rollback else ""
-        self.checks.append(Check(iteration, self.kappa, measured, inside, f"{what}kappa -> {10**new:.3g}"))
+        self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}")
         return self._move(10 ** new, iteration, rollback)
+
+    def _note(self, iteration: int, measured: float, action: str) -> None:
+        self.checks.append(Check(iteration, self.kappa, measured, self.in_window(measured), action))
 
     def _has_budget(self, iteration: int) -> bool:
         return iteration <= self.last_change_allowed()

@@ -191,3 +191,12 @@ def test_duration_that_ignores_a_falling_kappa_gives_up_plainly():
     assert not rep["in_window"] and "stopped responding to kappa" in rep["verdict"]
     assert t.kappa >= 5e12 / 1e6, "kept lowering kappa after the duration had shown it does not follow"
     assert last <= 260
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aiming_low_ends_in_the_lower_half_of_the_window(seed):
+    """The AR-HMM aims a quarter of the way up: its last state lies between 300 ms and the centre."""
+    t = KappaTuner(make_cfg(kappa0=1e5, iters=50, budget=4.0, aim=0.25))
+    final, last = drive(t, power_law(3e7, noise=0.1), seed=seed)
+    assert 300 <= final <= 300 * (400 / 300) ** 0.5 + 1e-9, t.report(final)["verdict"]
+    assert last <= 200
