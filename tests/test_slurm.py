@@ -78,12 +78,17 @@ def fake(tmp_path):
     env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", KPMS_JOB_CMD=str(bin_dir / "fake-job"),
                FAKE_LOG=str(log), FAKE_READY=str(ready))
 
+    started = []
+
     def start(*, job_id: str | None = "4242", **extra) -> subprocess.Popen:
         e = dict(env, **extra)
         if job_id:
             e["SLURM_JOB_ID"] = job_id
-        return subprocess.Popen(["bash", str(SCRIPT), str(manifest)], env=e, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals)
+        proc = subprocess.Popen(["bash", str(SCRIPT), str(manifest)], env=e, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
 
     def wait_ready(proc: subprocess.Popen) -> None:
         for _ in range(200):
@@ -96,7 +101,11 @@ def fake(tmp_path):
     def lines() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
 
-    return start, wait_ready, lines, manifest
+    yield start, wait_ready, lines, manifest
+    for proc in started:  # a failed test must not leave the script and its fake job running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_sbatch_directives_request_a_gpu_requeue_and_an_early_term():
