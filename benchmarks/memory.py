@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,9 +123,12 @@ def child(args) -> int:
         print(f"  iteration {it}: {times[-1]:.0f} s, RSS {status('VmRSS') / GiB:.2f} GiB, "
               f"fit peak {status('VmHWM') / GiB:.2f} GiB", file=sys.stderr, flush=True)
 
-    A.run_gibbs(model, data, metadata, pd, "bench", start_iter=0, num_iters=args.iters, ar_only=False,
-                save_every=args.iters, fps=30.0, parallel_message_passing=False,
-                on_iteration=on_iteration, progress_plots=False)
+    try:
+        A.run_gibbs(model, data, metadata, pd, "bench", start_iter=0, num_iters=args.iters, ar_only=False,
+                    save_every=args.iters, fps=30.0, parallel_message_passing=False,
+                    on_iteration=on_iteration, progress_plots=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     out = {"padded_frames": int(np.size(data["mask"])), "segments": int(np.shape(data["mask"])[0]),
            "latent_dim": int(model["states"]["x"].shape[-1]), "keypoints": len(bodyparts),
            "peak_before_fit": peak_before_fit, "fit_peak": status("VmHWM"), "prepare_s": round(t_prep, 1),
