@@ -52,12 +52,15 @@ echo "scontrol $*" >> "$FAKE_LOG"
 
 
 def _default_signals() -> None:
-    """Start the script as slurmstepd does, with TERM and INT at their defaults.
+    """Start the script as slurmstepd does: TERM and INT at their defaults and not blocked.
 
-    bash cannot trap a signal that was ignored when it started, and a CI runner may start
-    the tests with SIGTERM ignored (the first CI run did): the script would then never see
-    the TERM the test sends. Slurm starts batch scripts with default dispositions.
+    A child inherits its parent's signal mask and ignored signals. The tests that run the
+    job in-process install its signal watcher, which blocks TERM and INT in pytest's main
+    thread (that is how the watcher receives them); a script started from there would never
+    see the TERM the test sends (the first CI run failed so). bash also cannot trap a signal
+    that was ignored when it started. Slurm starts batch scripts with neither.
     """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
