@@ -35,25 +35,33 @@ def drive(tuner, response, seed=0):
     return (response(tuner.kappa, it, rng) if ms is None else ms), it
 
 
+def drive_with_memory(tuner, target, start_ms, shrink, seed):
+    """A chain with memory: its duration moves halfway to ``target`` per iteration when rising
+    but only ``shrink`` of the way when falling (measured on real data); rollbacks restore the
+    level of the snapshot rolled back to. Returns (final ms, last iteration)."""
+    rng = random.Random(seed)
+    level = {0: start_ms}
+    final, it = None, 0
+    for it in range(1, tuner.cfg.max_iters + 1):
+        goal = target(tuner.kappa, it, rng)
+        prev = level[it - 1]
+        level[it] = prev + (goal - prev) * (0.5 if goal > prev else shrink)
+        final = quantise(level[it])
+        new = tuner.observe(it, final)
+        if new is not None and tuner.rollback is not None:
+            assert tuner.rollback > 0, "rolled back to the unmeasured start"
+            level[it] = level[tuner.rollback]
+        if tuner.done(it):
+            break
+    return final, it
+
+
 def test_chain_with_memory_rolls_back_instead_of_waiting_for_long_syllables_to_shrink():
     """Real chains: durations rise fast with kappa but fall only slowly (measured on real data)."""
-    target = power_law(1e8, slope=0.2)
     t = KappaTuner(make_cfg(kappa0=1e6, iters=200, budget=1.3))
-    rng = random.Random(1)
-    level = {0: 100.0}
-    final = None
-    for it in range(1, t.cfg.max_iters + 1):
-        goal = target(t.kappa, it, rng)
-        prev = level[it - 1]
-        level[it] = prev + (goal - prev) * (0.5 if goal > prev else 0.01)  # slow to shrink
-        final = quantise(level[it])
-        new = t.observe(it, final)
-        if new is not None and t.rollback is not None:
-            level[it] = level[t.rollback]
-        if t.done(it):
-            break
+    final, last = drive_with_memory(t, power_law(1e8, slope=0.2), start_ms=100.0, shrink=0.01, seed=1)
     assert t.in_window(final), t.report(final)["verdict"]
-    assert it <= 260
+    assert last <= 260
 
 
 def power_law(k_target, slope=0.25, noise=0.0, drift=0.0, cap=None):
@@ -109,22 +117,8 @@ def test_chain_that_starts_with_long_syllables_is_not_rolled_back_to_its_start()
     """The full model starts from the AR-HMM's state; if that is already too long, going back
     to it after every check undoes the shortening (seen on real data: ten rollbacks to
     iteration 0, kappa down six decades, no change). The chain must keep its progress."""
-    target = power_law(1e5, slope=0.2)
     t = KappaTuner(make_cfg(kappa0=1e6, iters=200, budget=1.3))  # one decade too sticky
-    rng = random.Random(2)
-    level = {0: 500.0}
-    final = None
-    for it in range(1, t.cfg.max_iters + 1):
-        goal = target(t.kappa, it, rng)
-        prev = level[it - 1]
-        level[it] = prev + (goal - prev) * (0.5 if goal > prev else 0.05)  # slow to shrink
-        final = quantise(level[it])
-        new = t.observe(it, final)
-        if new is not None and t.rollback is not None:
-            assert t.rollback > 0, "rolled back to the unmeasured start"
-            level[it] = level[t.rollback]
-        if t.done(it):
-            break
+    final, it = drive_with_memory(t, power_law(1e5, slope=0.2), start_ms=500.0, shrink=0.05, seed=2)
     assert t.in_window(final), t.report(final)["verdict"]
     assert it <= 260
 
