@@ -12,10 +12,9 @@ slowly when it falls (the chain remembers its long syllables), so a chain that
 overshot misleads every later measurement (measured: an AR-HMM at 411 ms stayed at
 440-470 ms while kappa fell three decades). The search is therefore a ratchet from
 below: a state whose syllables are too short becomes the new *base* and the chain
-continues from it; an attempt that overshoots the window (``rollback_above`` times its
-top) is discarded, the chain rolls back to the base and tries a smaller kappa. With no
-base yet (the full model starts from the AR-HMM's state, which may already be too long)
-the chain goes on from where it is with a smaller kappa.
+continues from it; an attempt that overshoots the window is discarded, the chain rolls
+back to the base and tries a smaller kappa. With no base yet (the full model starts
+from the AR-HMM's state, which may already be too long) the chain goes on from where it is with a smaller kappa.
 Steps are secant steps on log kappa, kept inside the bracket of kappas known to be too
 low / too high once both are known (bisection when the secant leaves it), and limited
 to ``max_step`` decades. A bracket narrower than ``min_bracket`` decades is the chain's
@@ -56,10 +55,16 @@ class TunerConfig:
     slope0: float = 0.25  # prior d log10(duration) / d log10(kappa)
     band: float = 0.6  # fraction of the accepted band (log scale, centred) that counts as "on target"
     aim: float = 0.5  # where in the window (log scale, 0 = its bottom, 1 = its top) the search aims
-    rollback_above: float = 1.0  # roll back when the duration exceeds the window's top this many times
     min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
     kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
     kappa_max: float = 1e25
+
+
+def _ls_slope(points) -> float:
+    """Least-squares slope of y on x for (x, y) points whose x are not all equal."""
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
 
 
 @dataclass
@@ -158,11 +163,7 @@ class KappaTuner:
         pts = self.points[-4:]
         xs = [p[0] for p in pts]
         if len(pts) >= 2 and max(xs) - min(xs) > 0.05:
-            mx = sum(xs) / len(xs)
-            my = sum(p[1] for p in pts) / len(pts)
-            sxx = sum((x - mx) ** 2 for x in xs)
-            sxy = sum((x - mx) * (p[1] - my) for x, p in zip(xs, pts, strict=True))
-            s = sxy / sxx
+            s = _ls_slope(pts)
             if s > 0.02:  # noise can make it flat or negative: then trust the prior more
                 return min(max(s, 0.05), 2.0)
         return self.cfg.slope0
@@ -192,9 +193,7 @@ class KappaTuner:
             return False
         if not (all(y < self.center for y in ys) or all(y > self.center for y in ys)):
             return False
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-        return slope < 0.01
+        return _ls_slope(run) < 0.01
 
     def _set(self, kappa: float, iteration: int) -> None:
         self.kappa = float(kappa)
@@ -271,7 +270,7 @@ class KappaTuner:
             return None
         # a state above the window is discarded (chains shorten their syllables slowly, so it
         # would mislead every later check) when there is a base to return to
-        rollback = (not too_short and measured > self.cfg.hi_ms * self.cfg.rollback_above
+        rollback = (not too_short and measured > self.cfg.hi_ms
                     and self.base_iter is not None and self.base_iter != iteration)
         what = "rollback, " if rollback else ""
         self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}")
