@@ -71,6 +71,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 # --------------------------------------------------------------------------- jax-moseq patch
+def _install(name: str, replacement, modules):
+    """Put ``replacement`` in place of jax-moseq's ``name`` in ``modules``; return the original.
+
+    Idempotent: a second call (a reloaded module) finds the replacement and returns the
+    original it keeps.
+    """
+    original = getattr(modules[0], name)
+    if getattr(original, "_kpms_job_batched", False):
+        return original._kpms_job_original
+    replacement.__doc__ = original.__doc__
+    replacement._kpms_job_batched = True
+    replacement._kpms_job_original = original
+    for module in modules:
+        setattr(module, name, replacement)
+    return original
+
+
 def _patch_discrete_stateseqs():
     """Batch jax-moseq's discrete-state step by sequence (see the module docstring). Idempotent."""
     from functools import partial
@@ -80,10 +97,6 @@ def _patch_discrete_stateseqs():
     from jax_moseq.models import arhmm
     from jax_moseq.models.arhmm import gibbs, initialize
     from jax_moseq.utils import mixed_map
-
-    original = gibbs.resample_discrete_stateseqs
-    if getattr(original, "_kpms_job_batched", False):
-        return original._kpms_job_original
 
     def one_sequence(key, x, mask, Ab, Q, pi, nlags):
         # the original's lines, for one sequence: x (T, latent_dim), mask (T,)
@@ -100,12 +113,7 @@ def _patch_discrete_stateseqs():
         return mixed_map(fn, in_axes=(0, 0, 0, None, None, None))(
             jr.split(seed, mask.shape[0]), x, mask, Ab, Q, pi)
 
-    resample_discrete_stateseqs.__doc__ = original.__doc__
-    resample_discrete_stateseqs._kpms_job_batched = True
-    resample_discrete_stateseqs._kpms_job_original = original
-    for module in (gibbs, arhmm, initialize):
-        module.resample_discrete_stateseqs = resample_discrete_stateseqs
-    return original
+    return _install("resample_discrete_stateseqs", resample_discrete_stateseqs, (gibbs, arhmm, initialize))
 
 
 def _patch_ar_params():
@@ -116,10 +124,6 @@ def _patch_ar_params():
     import jax.random as jr
     from jax_moseq.models import arhmm
     from jax_moseq.models.arhmm import gibbs
-
-    original = gibbs.resample_ar_params
-    if getattr(original, "_kpms_job_batched", False):
-        return original._kpms_job_original
 
     @gibbs.nan_check
     @partial(jax.jit, static_argnames=("num_states", "nlags"))
@@ -139,12 +143,7 @@ def _patch_ar_params():
 
         return jax.lax.map(one_state, (seeds, jnp.arange(num_states)))
 
-    resample_ar_params.__doc__ = original.__doc__
-    resample_ar_params._kpms_job_batched = True
-    resample_ar_params._kpms_job_original = original
-    for module in (gibbs, arhmm):
-        module.resample_ar_params = resample_ar_params
-    return original
+    return _install("resample_ar_params", resample_ar_params, (gibbs, arhmm))
 
 
 #: jax-moseq's own steps, before the patches (for tests).
