@@ -146,9 +146,146 @@ def _patch_ar_params():
     return _install("resample_ar_params", resample_ar_params, (gibbs, arhmm))
 
 
+def _keypoint_slds_modules(*extra):
+    from jax_moseq.models.keypoint_slds import gibbs as kgibbs
+
+    return (kgibbs, keypoint_slds, *extra)
+
+
+def _patch_continuous_stateseqs():
+    """Run the full model's Kalman step per sequence, preparation included (module docstring). Idempotent."""
+    from functools import partial
+
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax_moseq.models.keypoint_slds import alignment
+    from jax_moseq.utils import mixed_map
+    from jax_moseq.utils.kalman import ar_to_lds_dynamics, ar_to_lds_emissions, kalman_sample
+
+    @partial(jax.jit, static_argnames=("parallel_message_passing",))
+    def resample_continuous_stateseqs(seed, Y, mask, v, h, s, z, Cd, sigmasq, Ab, Q, jitter=1e-3,
+                                      parallel_message_passing=True, **kwargs):
+        """jax-moseq's keypoint-SLDS ``resample_continuous_stateseqs``, one sequence at a time."""
+        # the lines of keypoint_slds.resample_continuous_stateseqs and slds.resample_continuous_stateseqs
+        latent_dim = Ab.shape[1]
+        n_lags = Ab.shape[2] // latent_dim
+        ar_dim = latent_dim * n_lags
+        m0, S0 = jnp.zeros(ar_dim), 10 * jnp.eye(ar_dim)
+        A_, b_, Q_ = ar_to_lds_dynamics(Ab, Q)
+        hold = jnp.zeros((ar_dim, ar_dim)).at[-latent_dim:, -latent_dim:].set(jnp.eye(latent_dim))
+        masked_dynamics = {"weights": hold, "bias": jnp.zeros(ar_dim), "cov": jnp.eye(ar_dim) * 10}
+
+        def one_sequence(key, Y, mask, v, h, s, z):
+            y, s, Cd_, sigmasq_ = alignment.to_vanilla_slds(Y, v, h, s, Cd, sigmasq)
+            C_, d_, R_, y_, _, _ = ar_to_lds_emissions(Cd_, sigmasq_ * s, y, m0, S0, n_lags)
+            x = kalman_sample(key, y_, mask[n_lags - 1:], z, m0, S0, A_, b_, Q_, C_, d_, R_, masked_dynamics,
+                              jnp.ones(y.shape[-1]) * 10, jitter=jitter, parallel=parallel_message_passing)
+            if n_lags > 1:
+                x = jnp.concatenate([x[0, :(n_lags - 1) * latent_dim].reshape(n_lags - 1, latent_dim),
+                                     x[:, -latent_dim:]], axis=0)
+            return x
+
+        return mixed_map(one_sequence)(jr.split(seed, mask.shape[0]), Y, mask, v, h, s, z)
+
+    return _install("resample_continuous_stateseqs", resample_continuous_stateseqs, _keypoint_slds_modules())
+
+
+#: Kalman algorithm of the centroid step: jax-moseq's ``resample_model`` never passes
+#: ``parallel_message_passing`` to ``resample_location``, so its own always uses the associative
+#: scan. :func:`run_gibbs` sets the fit's setting here, which the patched step follows.
+LOCATION_KALMAN = {"parallel_message_passing": True}
+
+
+def _patch_location():
+    """Compute the centroid step per sequence, inside its Kalman map (module docstring). Idempotent."""
+    from functools import partial
+
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax_moseq.models.keypoint_slds import alignment
+    from jax_moseq.utils import mixed_map
+    from jax_moseq.utils.kalman import kalman_sample
+
+    na = jnp.newaxis
+
+    @partial(jax.jit, static_argnames=("parallel_message_passing",))
+    def per_sequence(seed, Y, mask, x, h, s, Cd, sigmasq, sigmasq_loc, parallel_message_passing):
+        k, d = Y.shape[-2:]
+        masked_dynamics = {"weights": jnp.eye(d), "bias": jnp.zeros(d), "cov": jnp.eye(d) * (sigmasq_loc * 10)}
+        masked_obs_noise = jnp.ones(d) * (sigmasq.max() * 10)
+
+        def one_sequence(key, Y, mask, x, h, s):
+            Y_rot = alignment.apply_rotation(alignment.estimate_aligned(x, Cd, k), h)
+            variance = s * sigmasq
+            gammasq = 1 / (1 / variance).sum(-1, keepdims=True)
+            mu = jnp.einsum("...tkd, ...tk->...td", Y - Y_rot, gammasq / variance)
+            return kalman_sample(key, mu, mask, jnp.zeros_like(mask[1:], dtype=int), jnp.zeros(d),
+                                 jnp.eye(d) * 1e4, jnp.eye(d)[na], jnp.zeros(d)[na], jnp.eye(d)[na] * sigmasq_loc,
+                                 jnp.eye(d), jnp.zeros(d), jnp.repeat(gammasq, d, axis=-1), masked_dynamics,
+                                 masked_obs_noise, parallel=parallel_message_passing)
+
+        return mixed_map(one_sequence)(jr.split(seed, mask.shape[0]), Y, mask, x, h, s)
+
+    def resample_location(seed, Y, mask, x, h, s, Cd, sigmasq, sigmasq_loc, parallel_message_passing=None,
+                          **kwargs):
+        """jax-moseq's ``resample_location``, one sequence at a time, with the fit's Kalman algorithm."""
+        if parallel_message_passing is None:
+            parallel_message_passing = LOCATION_KALMAN["parallel_message_passing"]
+        return per_sequence(seed, Y, mask, x, h, s, Cd, sigmasq, sigmasq_loc,
+                            parallel_message_passing=bool(parallel_message_passing))
+
+    return _install("resample_location", resample_location, _keypoint_slds_modules())
+
+
+def _patch_scales():
+    """Draw the noise scales per sequence, from the keys jax-moseq's one draw uses (module docstring).
+
+    Needs JAX's per-element gamma sampler (``jax._src.random.core._gamma_one``, private):
+    without it (another JAX) the step stays jax-moseq's own and None is returned.
+    """
+    from functools import partial
+
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax_moseq.models.keypoint_slds import initialize
+    from jax_moseq.utils import mixed_map
+
+    try:
+        from jax._src.random.core import _gamma_one
+    except ImportError:  # pragma: no cover - the lock pins a JAX that has it
+        log.warning("this JAX has no per-element gamma sampler: jax-moseq's noise-scale step stays unbatched")
+        return None
+    from jax_moseq.models.keypoint_slds import gibbs as kgibbs
+
+    @jax.jit
+    def resample_scales(seed, Y, x, v, h, Cd, sigmasq, nu_s, s_0, **kwargs):
+        """jax-moseq's ``resample_scales``, one sequence at a time, with the same random keys."""
+        n, per = Y.shape[0], int(np.prod(Y.shape[1:-1]))
+        # jr.gamma(seed, a, shape) draws element i with key i of jr.split(seed, size)
+        keys = jr.split(seed, n * per)
+        if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jr.key_data(keys)
+        keys = keys.reshape(n, per, -1)
+        s_0 = jnp.broadcast_to(s_0, Y.shape[:-1])
+        degs = nu_s + 3
+
+        def one_sequence(keys, Y, x, v, h, s_0):
+            variance = kgibbs.compute_squared_error(Y, x, v, h, Cd) / sigmasq + s_0 * nu_s
+            draws = jax.vmap(partial(_gamma_one, log_space=False))(
+                jax.random.wrap_key_data(keys), jnp.full(per, degs / 2, variance.dtype))
+            return variance / draws.reshape(variance.shape) / 2
+
+        return mixed_map(one_sequence)(keys, Y, x, v, h, s_0)
+
+    return _install("resample_scales", resample_scales, _keypoint_slds_modules(initialize))
+
+
 #: jax-moseq's own steps, before the patches (for tests).
 ORIGINAL_DISCRETE_STATESEQS = _patch_discrete_stateseqs()
 ORIGINAL_AR_PARAMS = _patch_ar_params()
+ORIGINAL_CONTINUOUS_STATESEQS = _patch_continuous_stateseqs()
+ORIGINAL_LOCATION = _patch_location()
+ORIGINAL_SCALES = _patch_scales()
 
 
 class FitOutOfMemory(JobError):
@@ -515,6 +652,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     else:
         drop_snapshots_after(path, start_iter)
     model = _steady(model)
+    LOCATION_KALMAN["parallel_message_passing"] = bool(parallel_message_passing)
     it, done = start_iter, False
     last_plot = time.monotonic()
     for it in range(start_iter + 1, num_iters + 1):
@@ -708,7 +846,8 @@ def _resample_steps(data, model, parallel_message_passing: bool):
                            parallel_message_passing=bool(parallel_message_passing)))
     yield "continuous", cont, (seed,), dict(**d, **st, **pa)
     yield "heading", keypoint_slds.resample_heading, (seed,), dict(**d, **st, **pa)
-    yield "location", keypoint_slds.resample_location, (seed,), dict(**d, **st, **pa, **hy["cen_hypparams"])
+    loc = jax.jit(partial(keypoint_slds.resample_location, parallel_message_passing=bool(parallel_message_passing)))
+    yield "location", loc, (seed,), dict(**d, **st, **pa, **hy["cen_hypparams"])
     yield ("scales", keypoint_slds.resample_scales, (seed,),
            dict(**d, **st, **pa, s_0=model["noise_prior"], **hy["obs_hypparams"]))
 
