@@ -208,13 +208,12 @@ def main(argv=None) -> int:
     stdout = proc.stdout.read()
     wall = time.monotonic() - t0
     if hung:
-        # seen on a 2-core machine at 1,000,000 frames (mixed_map_iters 1 and 4, with and without the
-        # adapter's jax-moseq patches): jax-moseq's resample_location (its Kalman sampler, not batched by
-        # mixed_map_iters) never returns, every XLA:CPU thread idle, two inside LAPACK dgetrf's
-        # ParallelBatchMap waiting on the pool they occupy (jaxlib 0.10.2). 200,000 frames complete.
-        print(f"the child hung: no CPU time for {STALL_S} s ({wall:.0f} s in): an XLA:CPU thread-pool deadlock "
-              "in jax-moseq's resample_location (see the comment here); fewer --frames, or a machine with more "
-              "cores")
+        # seen on a 2-core machine at 500,000 and 1,000,000 frames before the adapter's location patch:
+        # jax-moseq's resample_location always used the associative-scan Kalman sampler, whose batched
+        # LU calls (LAPACK dgetrf's ParallelBatchMap) waited forever on the XLA:CPU pool they occupied
+        # (jaxlib 0.10.2). A CPU plan now samples the centroid sequentially.
+        print(f"the child hung: no CPU time for {STALL_S} s ({wall:.0f} s in): probably an XLA:CPU thread-pool "
+              "deadlock (see the comment here); fewer --frames, or a machine with more cores")
         return 3
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest of the children
     if proc.returncode != 0:

@@ -4,9 +4,9 @@ keypoint-moseq's API has sharp edges (see ARCHITECTURE.md); this module knows th
 so every other module stays simple and an upgrade touches one file. Importing this
 module imports JAX (about 6 s): the pipeline imports it only when a stage runs.
 
-Two patches of jax-moseq, applied once when this module is imported, make a fit's memory
-scale with the data instead of data x num_states; both compute exactly what jax-moseq
-computes (bit for bit: tests/test_memory.py), with jax-moseq's own functions.
+Five patches of jax-moseq, applied once when this module is imported, make a fit's memory
+scale with one batch of sequences instead of all frames (x num_states); they compute what
+jax-moseq computes, with jax-moseq's own functions (tests/test_memory.py).
 
 1. :func:`_patch_discrete_stateseqs`: ``jax_moseq.models.arhmm.gibbs.resample_discrete_stateseqs``
 (the discrete-state step of every AR-HMM and full-model Gibbs iteration, and of
@@ -32,6 +32,33 @@ The original stays at :data:`ORIGINAL_DISCRETE_STATESEQS`.
    map, then calls jax-moseq's own ``_resample_regression_params`` with it. Patched:
    ``arhmm.gibbs.resample_ar_params`` (looked up by ``arhmm.resample_model``) and
    ``arhmm.resample_ar_params``; the original is :data:`ORIGINAL_AR_PARAMS`.
+
+Three more make the full model's other per-frame steps run one sequence at a time under
+``mixed_map`` (so ``mixed_map_iters`` batches them too), with jax-moseq's own functions and
+the keys jax-moseq uses. Each computed whole-data intermediates (flattened and aligned
+keypoints, rotated estimates, squared errors, the gamma sampler's temporaries) that were the
+largest arrays of a fit with millions of frames (15 GiB in ``resample_scales`` at 10 M frames):
+
+3. :func:`_patch_continuous_stateseqs`: keypoint-SLDS ``resample_continuous_stateseqs``
+   (``to_vanilla_slds``, ``ar_to_lds_emissions``, ``kalman_sample`` and the lag
+   reformatting, per sequence; key ``jr.split(seed, N)[n]`` as in ``batched_kalman_sample``).
+   Equal to the original up to rounding (XLA fuses the arithmetic differently inside the
+   map; jax-moseq's own step also changes by rounding between mixed_map_iters values).
+4. :func:`_patch_location`: ``resample_location``, bit-identical. jax-moseq's
+   ``resample_model`` never passes ``parallel_message_passing`` to it, so its own always
+   samples the centroid with the associative scan; the patched step follows the fit's
+   setting (:data:`LOCATION_KALMAN`, set by :func:`run_gibbs`). On a CPU plan (sequential)
+   this is faster and avoids a deadlock: at 1 M frames the associative scan's batched LU
+   calls hang XLA:CPU's LAPACK thread pool (jaxlib 0.10.2, 2 cores; reproduced with
+   jax-moseq's own step). Same distribution, another random stream than jax-moseq's on a CPU.
+5. :func:`_patch_scales`: ``resample_scales`` (also used by ``init_model``). jax's gamma
+   draws element ``i`` from key ``i`` of ``jr.split(seed, size)``; the patch splits the same
+   keys and draws each sequence's with JAX's per-element sampler (``_gamma_one``, private:
+   without it the step stays unpatched). Equal to the original up to rounding.
+
+The patched names: ``keypoint_slds.gibbs`` and ``keypoint_slds`` (and
+``keypoint_slds.initialize`` for the scales); the originals stay at :data:`ORIGINAL_CONTINUOUS_STATESEQS`,
+:data:`ORIGINAL_LOCATION` and :data:`ORIGINAL_SCALES`. Checked by tests/test_memory.py.
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ Every step's memory is linear in the number of (padded) frames. Its bytes per fr
 a linear combination of features of the model's size (:func:`features`), with
 coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
 for a grid of small real shapes and fits them by least squares (``python -m
-kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Two steps are split by
+kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Four steps are split by
 ``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
-(``continuous``) and the discrete-state sampling of both models (``discrete``; batched by
-the adapter's patch of jax-moseq, see :mod:`kpms_job.kpms_adapter`). Each has a *whole*
+(``continuous``) and, batched by the adapter's patches of jax-moseq (see
+:mod:`kpms_job.kpms_adapter`), the discrete-state sampling of both models (``discrete``), the
+centroid (``location``) and the noise scales (``scales``). Each has a *whole*
 part (over all frames) and a *chunk* part (over one batch of ``ceil(segments /
 mixed_map_iters)`` segments). ``parallel_message_passing`` (an associative scan instead
 of a sequential Kalman filter) is much faster on a GPU and needs several times the memory.
@@ -52,18 +53,25 @@ FILL = 0.9
 #: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
 #: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
 #: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
+#: ``continuous.*``, ``location.*`` and ``scales.*`` re-measured after the adapter's
+#: per-sequence patches of those steps (``--steps continuous,location,scales``): at 10 M
+#: frames the scales step fell from 15.2 GiB (one unbatched gamma draw) to 9.6 GiB + a chunk.
 COEFFS: dict[str, dict[str, float]] = {
     "transitions": {"1": 17.436},
     "ar_params": {"1": 34.316, "LD": 21.677},
     "discrete.whole": {"1": 23.867, "D": 20.726},
     "discrete.chunk": {"1": -157.202, "S": 24.425},
-    "continuous.seq.whole": {"1": 24.268, "K": 62.949, "LD": 20.414},
-    "continuous.seq.chunk": {"1": -29.789, "K": -63.254, "LD2": 15.992},
-    "continuous.par.whole": {"K": 118.532, "LD": 3.814, "LD2": 11.178},
-    "continuous.par.chunk": {"LD2": 92.074},
+    "continuous.seq.whole": {"1": 80.271, "K": 47.76, "LD": 4.231},
+    "continuous.seq.chunk": {"1": 54.158, "K": -46.82, "LD2": 16.38},
+    "continuous.par.whole": {"K": 48.072, "LD": 19.482, "LD2": 7.744},
+    "continuous.par.chunk": {"LD2": 96.561},
     "heading": {"1": 72.068, "K": 28.754},
-    "location": {"1": 374.156, "K": 37.501},
-    "scales": {"K": 202.742},
+    "location.seq.whole": {"1": 146.086, "K": 51.504},
+    "location.seq.chunk": {"1": -22.034, "K": -11.5},
+    "location.par.whole": {"1": 201.287, "K": 52.257},
+    "location.par.chunk": {"1": 172.869, "K": -14.756},
+    "scales.whole": {"1": 138.047, "K": 111.508},
+    "scales.chunk": {"1": -129.996, "K": 78.492},
 }
 
 #: Bytes of the job process before any fit-sized array: Python, JAX, keypoint-moseq,
@@ -158,8 +166,11 @@ def features(shape: Shape) -> dict[str, float]:
             "KLD": float(k * ld), "SLD": float(s * ld)}
 
 
-#: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each.
-BATCHED = ("continuous", "discrete")
+#: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each (jax-moseq batches
+#: ``continuous``; the adapter's patches the others).
+BATCHED = ("continuous", "discrete", "location", "scales")
+#: Steps whose Kalman sampler follows ``parallel_message_passing``: a ``.par`` and a ``.seq`` term.
+KALMAN = ("continuous", "location")
 
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
@@ -172,8 +183,12 @@ STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration reco
     "continuous.par.whole": ("K", "LD", "LD2"),
     "continuous.par.chunk": ("LD2",),
     "heading": ("1", "K"),
-    "location": ("1", "K"),
-    "scales": ("K",),
+    "location.seq.whole": ("1", "K"),
+    "location.seq.chunk": ("1", "K"),
+    "location.par.whole": ("1", "K"),
+    "location.par.chunk": ("1", "K"),
+    "scales.whole": ("1", "K"),
+    "scales.chunk": ("1", "K"),
 }
 
 
@@ -279,7 +294,7 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
     for name in names:
         if name in BATCHED:
             term = name
-            if name == "continuous":
+            if name in KALMAN:
                 term += ".par" if setting.parallel_message_passing else ".seq"
             steps[name] = (per_frame(f"{term}.whole", shape, coeffs) * frames
                            + per_frame(f"{term}.chunk", shape, coeffs) * chunk)
@@ -424,7 +439,7 @@ def fit_coefficients(records) -> dict[str, dict[str, float]]:
             rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
         else:
             term = r["step"]
-            if term == "continuous":
+            if term in KALMAN:
                 term += ".par" if r["pmp"] else ".seq"
             key = (r["keypoints"], r["latent_dim"], r["num_states"], term)
             by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
@@ -468,8 +483,8 @@ def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=C
         for pmp in (False, True):
             for mmi in (1, 2):
                 only = set(steps or STEPS_FULL)
-                if pmp:  # parallel message passing changes the Kalman step only
-                    only &= {"continuous"}
+                if pmp:  # parallel message passing changes the Kalman steps only
+                    only &= set(KALMAN)
                 if mmi > 1:
                     only &= set(BATCHED)
                 if not only:
