@@ -418,12 +418,13 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
     code = textwrap.dedent("""
         import json
         from kpms_job import kpms_adapter as A
+        from kpms_job.memory import BATCHED
         data, model = A.calibration_model(6, 5, 60)
         out = {}
         for mmi in (1, 3):
             out[mmi] = A.compiled_step_memory(data, model, segments=6, seg_length=5000,
                                               parallel_message_passing=False, mixed_map_iters=mmi,
-                                              only=None if mmi == 1 else ("continuous", "discrete", "location", "scales"))
+                                              only=None if mmi == 1 else BATCHED)
         print("JSON" + json.dumps(out))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
