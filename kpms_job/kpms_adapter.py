@@ -46,11 +46,11 @@ largest arrays of a fit with millions of frames (15 GiB in ``resample_scales`` a
    map; jax-moseq's own step also changes by rounding between mixed_map_iters values).
 4. :func:`_patch_location`: ``resample_location``, bit-identical. jax-moseq's
    ``resample_model`` never passes ``parallel_message_passing`` to it, so its own always
-   samples the centroid with the associative scan; the patched step follows the fit's
-   setting (:data:`LOCATION_KALMAN`, set by :func:`run_gibbs`). On a CPU plan (sequential)
-   this is faster and avoids a deadlock: at 1 M frames the associative scan's batched LU
-   calls hang XLA:CPU's LAPACK thread pool (jaxlib 0.10.2, 2 cores; reproduced with
-   jax-moseq's own step). Same distribution, another random stream than jax-moseq's on a CPU.
+   samples the centroid with the associative scan, and so does the patched step, except in
+   a CPU fit of more than 200,000 frames (:data:`LOCATION_KALMAN`, set by :func:`run_gibbs`):
+   there the scan's batched LU calls hang XLA:CPU's LAPACK thread pool (1 M frames, jaxlib
+   0.10.2, 2 cores; reproduced with jax-moseq's own step), and the sequential filter samples
+   the same distribution (another random stream) in seconds.
 5. :func:`_patch_scales`: ``resample_scales`` (also used by ``init_model``). jax's gamma
    draws element ``i`` from key ``i`` of ``jr.split(seed, size)``; the patch splits the same
    keys and draws each sequence's with JAX's per-element sampler (``_gamma_one``, private:
@@ -75,6 +75,7 @@ import numpy as np
 
 from . import faults
 from .errors import InputDataError, JobError
+from .memory import location_uses_scan
 
 log = logging.getLogger("kpms_job")
 
@@ -219,7 +220,8 @@ def _patch_continuous_stateseqs():
 
 #: Kalman algorithm of the centroid step: jax-moseq's ``resample_model`` never passes
 #: ``parallel_message_passing`` to ``resample_location``, so its own always uses the associative
-#: scan. :func:`run_gibbs` sets the fit's setting here, which the patched step follows.
+#: scan. :func:`run_gibbs` sets here what the patched step uses when the caller does not say:
+#: the scan, except for a large fit on a CPU (:func:`kpms_job.memory.location_uses_scan`).
 LOCATION_KALMAN = {"parallel_message_passing": True}
 
 
@@ -679,7 +681,8 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     else:
         drop_snapshots_after(path, start_iter)
     model = _steady(model)
-    LOCATION_KALMAN["parallel_message_passing"] = bool(parallel_message_passing)
+    LOCATION_KALMAN["parallel_message_passing"] = location_uses_scan(int(np.size(data["mask"])),
+                                                                    jax.default_backend())
     it, done = start_iter, False
     last_plot = time.monotonic()
     for it in range(start_iter + 1, num_iters + 1):

@@ -169,8 +169,18 @@ def features(shape: Shape) -> dict[str, float]:
 #: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each (jax-moseq batches
 #: ``continuous``; the adapter's patches the others).
 BATCHED = ("continuous", "discrete", "location", "scales")
-#: Steps whose Kalman sampler follows ``parallel_message_passing``: a ``.par`` and a ``.seq`` term.
+#: Steps with a ``.par`` (associative scan) and a ``.seq`` (sequential Kalman filter) term.
 KALMAN = ("continuous", "location")
+#: jax-moseq samples the centroid (``location``) with the associative scan whatever
+#: ``parallel_message_passing`` says. On XLA:CPU that scan's batched LU calls can deadlock the
+#: thread pool they run on (seen at 500,000 and 1,000,000 frames on 2 cores; 200,000 complete),
+#: so above this many frames a CPU fit samples the centroid sequentially (the adapter's patch).
+CPU_SCAN_MAX_FRAMES = 200_000
+
+
+def location_uses_scan(frames: int, backend: str) -> bool:
+    """Whether the centroid step keeps jax-moseq's associative scan (see :data:`CPU_SCAN_MAX_FRAMES`)."""
+    return backend != "cpu" or int(frames) <= CPU_SCAN_MAX_FRAMES
 
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
@@ -294,8 +304,10 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
     for name in names:
         if name in BATCHED:
             term = name
-            if name in KALMAN:
+            if name == "continuous":
                 term += ".par" if setting.parallel_message_passing else ".seq"
+            elif name == "location":
+                term += ".par" if location_uses_scan(frames, backend) else ".seq"
             steps[name] = (per_frame(f"{term}.whole", shape, coeffs) * frames
                            + per_frame(f"{term}.chunk", shape, coeffs) * chunk)
         else:

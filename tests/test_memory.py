@@ -66,6 +66,23 @@ def test_estimates_fall_along_the_ladder_and_grow_with_size():
     assert ar2.steps["discrete"] < 0.6 * ar.steps["discrete"] and ar2.total < ar.total
 
 
+def test_a_large_cpu_fit_samples_the_centroid_sequentially_and_the_model_follows():
+    """jax-moseq's associative scan for the centroid deadlocks XLA:CPU at a million frames: above
+    200,000 frames a CPU fit uses the sequential filter, and the estimate uses that step's terms."""
+    assert memory.location_uses_scan(200_000, "cpu") and not memory.location_uses_scan(200_001, "cpu")
+    assert memory.location_uses_scan(10_000_000, "gpu")
+    shape = Shape(frames=1_000_000, keypoints=8, latent_dim=10, num_states=100)
+    frames, chunk = shape.padded_frames, shape.chunk_frames(1)
+
+    def term(kind):
+        return (memory.per_frame(f"location.{kind}.whole", shape) * frames
+                + memory.per_frame(f"location.{kind}.chunk", shape) * chunk)
+
+    assert memory.estimate(shape, Setting(False, 1), backend="cpu").steps["location"] == term("seq")
+    assert memory.estimate(shape, Setting(False, 1), backend="gpu").steps["location"] == term("par")
+    assert term("seq") != term("par")
+
+
 def test_the_model_has_a_coefficient_for_every_term():
     assert set(memory.COEFFS) == set(memory.STEP_FEATURES)
     for term, coeffs in memory.COEFFS.items():
