@@ -202,10 +202,13 @@ STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration reco
 }
 
 
-def per_frame(term: str, shape: Shape, coeffs=None) -> float:
+def per_frame(term: str, shape: Shape, coeffs=None, clamp: bool = True) -> float:
+    """Bytes per frame of ``term``; ``clamp=False`` keeps a negative value (a batched step's chunk
+    part is negative where splitting into batches costs copies: only whole + chunk is a size)."""
     c = (coeffs or COEFFS)[term]
     f = features(shape)
-    return max(0.0, sum(v * f[k] for k, v in c.items()))
+    value = sum(v * f[k] for k, v in c.items())
+    return max(0.0, value) if clamp else value
 
 
 # --------------------------------------------------------------------------- settings
@@ -308,8 +311,8 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
                 term += ".par" if setting.parallel_message_passing else ".seq"
             elif name == "location":
                 term += ".par" if location_uses_scan(frames, backend) else ".seq"
-            steps[name] = (per_frame(f"{term}.whole", shape, coeffs) * frames
-                           + per_frame(f"{term}.chunk", shape, coeffs) * chunk)
+            steps[name] = max(0.0, per_frame(f"{term}.whole", shape, coeffs, clamp=False) * frames
+                              + per_frame(f"{term}.chunk", shape, coeffs, clamp=False) * chunk)
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames
     return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)
