@@ -211,6 +211,13 @@ def per_frame(term: str, shape: Shape, coeffs=None, clamp: bool = True) -> float
     return max(0.0, value) if clamp else value
 
 
+def batched_bytes(term: str, shape: Shape, mixed_map_iters: int, coeffs=None) -> float:
+    """Bytes of a batched step's ``term`` (e.g. ``location.seq``): whole part over all frames plus
+    chunk part over one batch, clamped as a sum (a negative chunk part is the cost of batching)."""
+    return max(0.0, per_frame(f"{term}.whole", shape, coeffs, clamp=False) * shape.padded_frames
+               + per_frame(f"{term}.chunk", shape, coeffs, clamp=False) * shape.chunk_frames(mixed_map_iters))
+
+
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True, order=True)
 class Setting:
@@ -301,7 +308,6 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
     coeffs = coeffs or COEFFS
     setting = setting or Setting(False, 1)
     frames = shape.padded_frames
-    chunk = shape.chunk_frames(setting.mixed_map_iters)
     steps = {}
     names = STEPS_ARHMM if stage == "arhmm" else STEPS_FULL
     for name in names:
@@ -311,8 +317,7 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
                 term += ".par" if setting.parallel_message_passing else ".seq"
             elif name == "location":
                 term += ".par" if location_uses_scan(frames, backend) else ".seq"
-            steps[name] = max(0.0, per_frame(f"{term}.whole", shape, coeffs, clamp=False) * frames
-                              + per_frame(f"{term}.chunk", shape, coeffs, clamp=False) * chunk)
+            steps[name] = batched_bytes(term, shape, setting.mixed_map_iters, coeffs)
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames
     return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)

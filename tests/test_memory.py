@@ -72,11 +72,9 @@ def test_a_large_cpu_fit_samples_the_centroid_sequentially_and_the_model_follows
     assert memory.location_uses_scan(200_000, "cpu") and not memory.location_uses_scan(200_001, "cpu")
     assert memory.location_uses_scan(10_000_000, "gpu")
     shape = Shape(frames=1_000_000, keypoints=8, latent_dim=10, num_states=100)
-    frames, chunk = shape.padded_frames, shape.chunk_frames(1)
 
     def term(kind):
-        return (memory.per_frame(f"location.{kind}.whole", shape, clamp=False) * frames
-                + memory.per_frame(f"location.{kind}.chunk", shape, clamp=False) * chunk)
+        return memory.batched_bytes(f"location.{kind}", shape, 1)
 
     assert memory.estimate(shape, Setting(False, 1), backend="cpu").steps["location"] == term("seq")
     assert memory.estimate(shape, Setting(False, 1), backend="gpu").steps["location"] == term("par")
@@ -451,8 +449,7 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
     for mmi, steps in measured.items():
         est = memory.estimate(shape, Setting(False, int(mmi)))
         # compiled with the sequential filter everywhere; a CPU fit this small keeps the scan for the centroid
-        est.steps["location"] = sum(memory.per_frame(f"location.seq.{part}", shape, clamp=False) * n for part, n in
-                                    (("whole", shape.padded_frames), ("chunk", shape.chunk_frames(int(mmi)))))
+        est.steps["location"] = memory.batched_bytes("location.seq", shape, int(mmi))
         for step, mem in steps.items():
             got = mem["temp"] + mem["output"]
             if step in ("location", "scales") and int(mmi) > 1:
