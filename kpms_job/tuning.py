@@ -1,34 +1,40 @@
 """Kappa tuning: the search itself, pure and testable without keypoint-moseq.
 
-The tuner steers ONE continuing Gibbs chain instead of fitting separate attempts:
-every ``check_every`` iterations it measures the median syllable duration (the mean
-of log per-iteration medians since the chain settled at the current kappa, which
-averages out the iteration-to-iteration noise), and if that is away from the target
-it moves kappa on the log scale. The chain is warm at every attempt, so each attempt
-costs ``settle + check_every`` iterations rather than a whole fit.
+The tuner steers ONE Gibbs chain instead of fitting separate attempts: every
+``check_every`` iterations it measures the median syllable duration (the mean of log
+per-iteration medians since the chain settled at the current kappa, which averages out
+the iteration-to-iteration noise), and if that is away from the target it moves kappa
+on the log scale.
 
-Measured on real data: syllables lengthen quickly when kappa rises but shorten only
-slowly when it falls (the chain remembers its long syllables), so a chain that
-overshot misleads every later measurement (measured: an AR-HMM at 411 ms stayed at
-440-470 ms while kappa fell three decades). The search is therefore a ratchet from
-below: a state whose syllables are too short becomes the new *base* and the chain
-continues from it; an attempt that overshoots the window is discarded, the chain rolls
-back to the base and tries a smaller kappa. With no base yet (the full model starts
-from the AR-HMM's state, which may already be too long) the chain goes on from where it is with a smaller kappa.
-Steps are secant steps on log kappa, kept inside the bracket of kappas known to be too
-low / too high once both are known (bisection when the secant leaves it), and limited
-to ``max_step`` decades. A bracket narrower than ``min_bracket`` decades is the chain's
-own wandering, not kappa's effect (seen on real data): its older side is dropped.
+What real chains do, and how the search copes:
 
-Once the measurement sits in the target band, kappa is frozen and the chain must run
-``fixed_iters`` more iterations at that one kappa (the final stretch). If drift
-takes it out of the window during that stretch and there is budget left, kappa is
-corrected and the stretch starts again. After the stretch the chain ends at the first
-state whose own median is in the window (one state's median wanders by a frame or so
-even when the chain's mean is on target), or when the budget is spent. There are no
-search bounds beyond ``kappa_min``..``kappa_max`` (1..1e25): steps are limited to
-``max_step`` decades each, so any kappa is reachable; a kappa pinned at a limit with
-the duration still outside the window gives up with a plain verdict.
+- Hysteresis. Syllables lengthen within a few iterations when kappa rises but shorten
+  only slowly when it falls: a continuing chain remembers its long syllables (real data:
+  a full model stayed at 560-620 ms while kappa fell four decades, yet a clean start
+  from the AR-HMM's state at kappa 7.5e4 measured 383 ms). So every correction DOWN is a
+  probe from a clean start: the chain rolls back to its *base* (the last state measured
+  below the aim, or the start when it was measured not too long: the full model starts
+  from the tuned AR-HMM's state) and runs at the new kappa from there. Corrections up
+  continue the chain (the too-short state becomes the new base).
+- A measured response curve. Steps are secant steps on log kappa from the measured
+  points, kept inside the bracket of kappas known too short / too long (bisection when
+  the secant leaves it), at most ``max_step`` decades. Going down from a clean start the
+  slope comes from the clean probes alone, and a flat one means the largest step: the
+  probe is cheap, and overshooting to too short is undone within a few iterations. A
+  bracket narrower than ``min_bracket`` decades is the chain's own wandering: its older
+  side is dropped.
+- No give-up on a hunch. The search ends without the window only when kappa is pinned at
+  ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
+  from a clean start when it had to go down, or when the budget is spent. (An earlier rule
+  gave up when the duration "stopped responding" on a continuing chain: that was the
+  chain's memory, not the data.)
+- Noise and lag. Once the measurement is in the window and near the aim (or after
+  ``max_nudges`` corrections made from inside it, where the response is flat), kappa is
+  frozen and the chain must run ``fixed_iters`` more iterations at that one kappa, which
+  lets a lagging response show itself: drift out of the window during that stretch is
+  corrected (down: from the base again) while there is budget. After the stretch the
+  chain ends at the first state whose own median is in the window, or when the budget is
+  spent.
 
 The whole tuner state is a function of the observations, so replaying the saved
 per-iteration medians up to a snapshot rebuilds exactly the tuner that wrote it
@@ -56,8 +62,12 @@ class TunerConfig:
     band: float = 0.6  # fraction of the accepted band (log scale, centred) that counts as "on target"
     aim: float = 0.5  # where in the window (log scale, 0 = its bottom, 1 = its top) the search aims
     min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
+    max_nudges: int = 2  # corrections in a row from inside the window before it is accepted
     kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
     kappa_max: float = 1e25
+    # median (ms) of the state the chain starts from, when it was measured (the full model starts
+    # from the tuned AR-HMM's last state); a start not above the window is a clean base to probe from
+    start_ms: float | None = None
 
 
 def _ls_slope(points) -> float:
@@ -90,15 +100,23 @@ class KappaTuner:
     checks: list = field(default_factory=list, init=False)
     medians: list = field(default_factory=list, init=False)  # (iteration, median_ms or None)
     points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
-    # the chain rolls back to this snapshot on overshoot; None until a state was measured
-    # too short or in the window (a chain that starts with long syllables has no base)
+    # a downward correction rolls the chain back to this snapshot: the last state measured
+    # below the aim, or a start that was measured not too long; None until there is one
     base_iter: int | None = field(default=None, init=False)
+    nudges: int = field(default=0, init=False)  # corrections in a row made from inside the window
     low_k: float | None = field(default=None, init=False)  # highest log10 kappa known too short
     high_k: float | None = field(default=None, init=False)  # lowest log10 kappa known too long
     rollback: int | None = field(default=None, init=False)  # set when the last observe asks for one
+    # the chain has run at the current kappa only since a clean start (the start, or a rollback to
+    # a base), so its measurement is this kappa's own response, not the memory of another kappa
+    clean: bool = field(default=True, init=False)
+    clean_points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
+        start = self.cfg.start_ms
+        if start is not None and math.isfinite(start) and 0 < start <= self.cfg.hi_ms:
+            self.base_iter = 0  # probes at other kappas restart from here
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -158,8 +176,20 @@ class KappaTuner:
             return None
         return 10 ** (sum(math.log10(v) for v in vals) / len(vals))
 
-    def _slope(self) -> float:
-        """d log10 duration / d log10 kappa from the measured points, or the prior."""
+    def _slope(self, too_long: bool = False) -> float:
+        """d log10 duration / d log10 kappa from the measured points, or the prior.
+
+        A chain measured too long right after a clean start is probed again from a clean
+        start, so its steps down can be bold: the slope then comes from the clean probes
+        alone, and a flat response among them (seen on real data: 503 ms at kappa 1.2e11,
+        383 ms at 7.5e4) means the largest step, not the prior's small one. Overshooting
+        to too short is cheap: durations rise within a few iterations.
+        """
+        if too_long and self.clean and len(self.clean_points) >= 2:
+            pts = self.clean_points[-3:]
+            xs = [p[0] for p in pts]
+            if max(xs) - min(xs) > 0.05:
+                return min(max(_ls_slope(pts), 0.05), 2.0)
         pts = self.points[-4:]
         xs = [p[0] for p in pts]
         if len(pts) >= 2 and max(xs) - min(xs) > 0.05:
@@ -167,33 +197,6 @@ class KappaTuner:
             if s > 0.02:  # noise can make it flat or negative: then trust the prior more
                 return min(max(s, 0.05), 2.0)
         return self.cfg.slope0
-
-    def _saturated(self) -> bool:
-        """The duration stopped responding: kappa moved one way for decades with no effect.
-
-        The points since kappa last changed direction: at least five, spanning at least
-        ``4`` decades, all on one side of the window, and the duration's slope against
-        log kappa under 0.01 (or of the wrong sign). Seen on real data: a full model whose
-        median stayed at 480-520 ms while kappa fell from 1e12 to 1e4. A chain that
-        responds late (slope 0.012 over five decades, measured) is not given up on.
-        """
-        run = self.points[-1:]
-        direction = 0.0
-        for p in reversed(self.points[:-1]):
-            d = run[-1][0] - p[0]
-            if d == 0 or (direction and (d > 0) != (direction > 0)):
-                break
-            direction = d
-            run.append(p)
-        if len(run) < 5:
-            return False
-        xs = [p[0] for p in run]
-        ys = [p[1] for p in run]
-        if max(xs) - min(xs) < 4.0:
-            return False
-        if not (all(y < self.center for y in ys) or all(y > self.center for y in ys)):
-            return False
-        return _ls_slope(run) < 0.01
 
     def _set(self, kappa: float, iteration: int) -> None:
         self.kappa = float(kappa)
@@ -225,21 +228,19 @@ class KappaTuner:
             return None
         lk = math.log10(self.kappa)
         self.points.append((lk, math.log10(measured)))
+        if self.clean:
+            self.clean_points.append((lk, math.log10(measured)))
         inside = self.accepted(measured)
-        if inside and (self.frozen or self.on_target(measured) or not self._has_budget(iteration)):
+        # inside the window, at most max_nudges corrections toward the aim: where the response is
+        # flat (real full models: 0.02 decades of duration per decade of kappa) more only spend budget
+        if inside and (self.frozen or self.on_target(measured) or self.nudges >= self.cfg.max_nudges
+                       or not self._has_budget(iteration)):
             self.frozen = True
-            if self.accepted(self.medians[-1][1]):  # this very state is in the band too
-                self.base_iter = iteration  # drift past the window rolls back here
             self._note(iteration, measured, "hold")
             return None
+        self.nudges = self.nudges + 1 if inside else 0
         if not self._has_budget(iteration):
             self._note(iteration, measured, "hold (no budget left)")
-            return None
-        if self._saturated():
-            ks = [p[0] for p in self.points[-5:]]
-            self.gave_up = (f"the median duration stopped responding to kappa (about {measured:.0f} ms "
-                            f"for kappa across {10 ** min(ks):.3g}..{10 ** max(ks):.3g})")
-            self._note(iteration, measured, "give up")
             return None
         too_short = math.log10(measured) < self.center
         if too_short:
@@ -255,7 +256,7 @@ class KappaTuner:
                 self.high_k = None
             else:
                 self.low_k = None
-        step = (self.center - math.log10(measured)) / self._slope()
+        step = (self.center - math.log10(measured)) / self._slope(too_long=not too_short)
         limit = 0.5 if inside else self.cfg.max_step  # inside the window: nudge toward the centre
         step = max(-limit, min(limit, step))
         new = lk + step
@@ -268,10 +269,10 @@ class KappaTuner:
                             f"and the median duration is still {measured:.0f} ms")
             self._note(iteration, measured, "give up")
             return None
-        # a state above the window is discarded (chains shorten their syllables slowly, so it
-        # would mislead every later check) when there is a base to return to
-        rollback = (not too_short and measured > self.cfg.hi_ms
-                    and self.base_iter is not None and self.base_iter != iteration)
+        # a chain that must shorten its syllables goes back to the base (a state measured short,
+        # or the start) when there is one: a continuing chain shortens them only slowly, so its
+        # measurements would say more about its past than about the new kappa (hysteresis)
+        rollback = (not too_short and self.base_iter is not None and self.base_iter != iteration)
         what = "rollback, " if rollback else ""
         self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}")
         return self._move(10 ** new, iteration, rollback)
@@ -286,6 +287,7 @@ class KappaTuner:
         self.frozen = False
         self._set(kappa, iteration)
         self.rollback = self.base_iter if rollback else None
+        self.clean = self.rollback is not None
         return self.kappa
 
     def best(self) -> dict | None:

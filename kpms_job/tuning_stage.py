@@ -7,6 +7,7 @@ rebuilt by replaying them up to the snapshot the chain resumes from.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -20,29 +21,34 @@ from .tuning import KappaTuner, TunerConfig
 log = logging.getLogger("kpms_job")
 
 
-def _config(ctx, kappa0: float, iters: int, budget: float, aim: float = 0.5) -> TunerConfig:
+def _config(ctx, kappa0: float, iters: int, budget: float, aim: float = 0.5,
+            start_ms: float | None = None) -> TunerConfig:
     ts = tuning_settings(ctx.m)
     lo, hi = ctx.m["targets"]["median_duration_ms"]
     fixed = max(ts["check_every"], math.ceil(ts["fixed_fraction"] * iters))
     return TunerConfig(lo_ms=float(lo), hi_ms=float(hi), kappa0=float(kappa0), min_iters=iters,
                        max_iters=max(iters, int(budget * iters)), fixed_iters=fixed,
-                       check_every=ts["check_every"], aim=float(aim))
+                       check_every=ts["check_every"], aim=float(aim), start_ms=start_ms)
 
 
-def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_model, ar_only: bool):
+def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_model, ar_only: bool,
+                 measure_start: bool = False):
+    """One tuned chain. ``measure_start``: measure the initial model's median and give it to
+    the tuner as ``start_ms`` (saved with the medians, so a resumed chain replays the same)."""
     from . import kpms_adapter as A
 
-    saved = ctx.state.get("tuning", {})
-    medians = saved.get(name, {}).get("medians", []) if saved.get(name, {}).get("key") == key else []
-    holder = {}
+    saved = ctx.state.get("tuning", {}).get(name, {})
+    mine = saved.get("key") == key
+    medians = saved.get("medians", []) if mine else []
+    holder = {"cfg": dataclasses.replace(cfg, start_ms=saved.get("start_ms")) if mine and measure_start else cfg}
 
     def persist():
         allt = ctx.state.get("tuning", {})
-        allt[name] = {"key": key, "medians": holder["t"].medians}
+        allt[name] = {"key": key, "medians": holder["t"].medians, "start_ms": holder["cfg"].start_ms}
         ctx.state.put("tuning", allt)
 
     def on_start(start, model):
-        t = KappaTuner.replay(cfg, medians, start)
+        t = KappaTuner.replay(holder["cfg"], medians, start)
         if start and abs(math.log10(t.kappa) - math.log10(A.model_kappa(model))) > 1e-9:
             log.warning("%s: tuner state does not match the snapshot's kappa; using the snapshot's", label)
             t.kappa = A.model_kappa(model)
@@ -71,6 +77,9 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
 
     def make():
         model, data, metadata = make_model()
+        if measure_start:
+            start_ms = A.median_duration_ms(model, data, ctx.fps)
+            holder["cfg"] = dataclasses.replace(cfg, start_ms=start_ms if math.isfinite(start_ms) else None)
         return A.set_kappa(model, cfg.kappa0), data, metadata
 
     model, data, _ = fit_chain(ctx, name, key, make, cfg.max_iters, ar_only=ar_only, label=label,
@@ -122,9 +131,9 @@ def run_arhmm(ctx):
     # one at 280 ms it stayed at 280 ms), so the AR-HMM aims at the window's lower part and the
     # full model approaches the window from below, where kappa acts fast
     cfg = _config(ctx, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"], aim=ts["arhmm_aim"])
-    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"], ts, ctx.m["targets"], iters, "arhmm-tuned")
+    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"], ts, ctx.m["targets"], iters, "arhmm-tuned-2")
     model, report = _tuned_chain(ctx, ctx.arhmm_name, "AR-HMM", key, cfg,
-                                 lambda: initial_model(ctx, cfg.kappa0), ar_only=True)
+                                 lambda: initial_model(ctx, cfg.kappa0), ar_only=True, measure_start=True)
     return {"kappa": report["final_kappa"], "iterations": report["iterations"],
             "median_duration_ms": report["final_median_ms"], "tuning": report,
             "model_name": ctx.arhmm_name,
@@ -136,10 +145,13 @@ def run_full(ctx):
 
     ts = tuning_settings(ctx.m)
     iters = ctx.m["fitting"]["full_iters"]
-    ar_kappa = ctx.info("arhmm")["kappa"]
-    start = ctx.m["model"]["full_kappa"] or ar_kappa * ts["full_kappa_ratio"]
-    cfg = _config(ctx, start, iters, ts["full_budget"])
-    key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, "full-tuned")
+    arhmm = ctx.info("arhmm")
+    start = ctx.m["model"]["full_kappa"] or arhmm["kappa"] * ts["full_kappa_ratio"]
+    # the full model starts from the AR-HMM's last state, whose median the AR-HMM tuner measured:
+    # when that is not too long, every downward correction probes again from it (a clean start)
+    cfg = _config(ctx, start, iters, ts["full_budget"], start_ms=arhmm.get("median_duration_ms"))
+    key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, cfg.start_ms,
+                      "full-tuned-2")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
                                  lambda: from_arhmm(ctx, start), ar_only=False)
     A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))
