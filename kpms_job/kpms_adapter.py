@@ -1,4 +1,8 @@
-"""The ONLY module that calls keypoint_moseq and jax_moseq.
+"""The ONLY module that calls keypoint_moseq and jax_moseq (with :mod:`kpms_job.kpms_movies`).
+
+The adapter layer is this module and :mod:`kpms_job.kpms_movies` (grid movies written one
+frame at a time with keypoint-moseq's own instance sampling and drawing; see
+:func:`grid_movies`).
 
 keypoint-moseq's API has sharp edges (see ARCHITECTURE.md); this module knows them,
 so every other module stays simple and an upgrade touches one file. Importing this
@@ -803,19 +807,23 @@ def plot_dendrogram(coords, results, project_dir, model_name, config):
 
 
 def grid_movies(results, project_dir, model_name, coords, config, video_dir=None) -> int:
-    """Grid movies per syllable; the grid shrinks for short data. Returns movies written."""
-    cfg = dict(config)
-    cfg.pop("video_dir", None)
-    out = Path(project_dir) / model_name / "grid_movies"
-    source = {"video_dir": video_dir} if video_dir else {"keypoints_only": True}
-    for rows, cols in ((4, 6), (3, 4), (2, 3), (1, 2)):
-        with quiet():
-            kpms.generate_grid_movies(results, project_dir, model_name, coordinates=dict(coords),
-                                      rows=rows, cols=cols, **source, **cfg)
-        written = list(out.glob("*.mp4"))
-        if written:
-            return len(written)
-    raise InputDataError("no syllable has enough instances for a grid movie (the data are short)")
+    """Grid movies per syllable, in ``<project>/<model>/grid_movies/syllable<N>.mp4``.
+
+    Written by :mod:`kpms_job.kpms_movies` (adapter layer) one syllable at a time, one frame
+    at a time, in this process (keypoint-moseq's ``generate_grid_movies`` holds whole movies
+    as float64 and forks for ffmpeg). The grid shrinks for short data (4x6, 3x4, 2x3, 1x2);
+    a rerun skips movies already written for the same results. Returns the movies there.
+    """
+    from . import kpms_movies
+
+    with quiet():
+        done = kpms_movies.write_grid_movies(results, project_dir, model_name, dict(coords), config,
+                                             video_dir, seed=int(config.get("seed", 0) or 0))
+    if done["grid"] is None:
+        raise InputDataError("no syllable has enough instances for a grid movie (the data are short)")
+    log.info("grid movies (%dx%d): %d written, %d already there", *done["grid"], len(done["written"]),
+             len(done["skipped"]))
+    return len(done["written"]) + len(done["skipped"])
 
 
 
