@@ -50,11 +50,14 @@ largest arrays of a fit with millions of frames (15 GiB in ``resample_scales`` a
    map; jax-moseq's own step also changes by rounding between mixed_map_iters values).
 4. :func:`_patch_location`: ``resample_location``, bit-identical. jax-moseq's
    ``resample_model`` never passes ``parallel_message_passing`` to it, so its own always
-   samples the centroid with the associative scan, and so does the patched step, except in
-   a CPU fit of more than 200,000 frames (:data:`LOCATION_KALMAN`, set by :func:`run_gibbs`):
-   there the scan's batched LU calls hang XLA:CPU's LAPACK thread pool (1 M frames, jaxlib
-   0.10.2, 2 cores; reproduced with jax-moseq's own step), and the sequential filter samples
-   the same distribution (another random stream) in seconds.
+   samples the centroid with the associative scan, and so does the patched step on a GPU.
+   On a CPU, at every size, it takes the sequential filter (:data:`LOCATION_KALMAN`, set by
+   :func:`run_gibbs`), and so does the continuous step (the planner never gives a CPU
+   ``parallel_message_passing=True``): the scan's batched LU calls (``lapack_dgetrf_ffi``
+   through jaxlib 0.10's ``ParallelBatchMap``) deadlock XLA:CPU's thread pool when as many run
+   at once as it has threads (49,000 frames in 9 recordings and 1 M frames on 2 cores; see
+   :data:`kpms_job.memory.CPU_SCAN_MAX_FRAMES`). The sequential filter has no LU call and
+   samples the same distribution (another random stream).
 5. :func:`_patch_scales`: ``resample_scales`` (also used by ``init_model``). jax's gamma
    draws element ``i`` from key ``i`` of ``jr.split(seed, size)``; the patch splits the same
    keys and draws each sequence's with JAX's per-element sampler (``_gamma_one``, private:
@@ -79,7 +82,7 @@ import numpy as np
 
 from . import faults
 from .errors import InputDataError, JobError
-from .memory import location_uses_scan
+from .memory import kalman_scan_allowed, location_uses_scan
 
 log = logging.getLogger("kpms_job")
 
@@ -225,7 +228,8 @@ def _patch_continuous_stateseqs():
 #: Kalman algorithm of the centroid step: jax-moseq's ``resample_model`` never passes
 #: ``parallel_message_passing`` to ``resample_location``, so its own always uses the associative
 #: scan. :func:`run_gibbs` sets here what the patched step uses when the caller does not say:
-#: the scan, except for a large fit on a CPU (:func:`kpms_job.memory.location_uses_scan`).
+#: the scan on a GPU, the sequential filter on a CPU at every size
+#: (:func:`kpms_job.memory.location_uses_scan`: the scan's batched LU deadlocks XLA:CPU).
 LOCATION_KALMAN = {"parallel_message_passing": True}
 
 
@@ -687,6 +691,10 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     model = _steady(model)
     LOCATION_KALMAN["parallel_message_passing"] = location_uses_scan(int(np.size(data["mask"])),
                                                                     jax.default_backend())
+    if parallel_message_passing and not kalman_scan_allowed(jax.default_backend()):
+        # the planner never asks for it on a CPU; a direct caller gets the safe filter too
+        log.warning("parallel_message_passing=True is not used on a CPU (its batched LU deadlocks XLA:CPU)")
+        parallel_message_passing = False
     it, done = start_iter, False
     last_plot = time.monotonic()
     for it in range(start_iter + 1, num_iters + 1):

@@ -51,6 +51,9 @@ def report(shape: memory.Shape, budget: float, source: str, backend: str, parall
         f"  budget     {gib(budget)} on the {where} ({source}); plans fill at most {memory.FILL:.0%}",
     ]
     lines += [f"  note       {n}" for n in notes]
+    if parallel is True and not memory.kalman_scan_allowed(backend):
+        lines.append("  note       resources.parallel_message_passing: true is not used on a CPU: the associative "
+                     "scan's batched LU calls can deadlock XLA:CPU, so every Kalman step runs sequentially")
     lines.append("  settings, from the fastest to the most frugal (peak of the AR-HMM and of the full model):")
     for (s, full), ar in zip(choice.tried, choice.tried_arhmm, strict=True):
         big = memory.need(ar, full)

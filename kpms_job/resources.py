@@ -339,6 +339,9 @@ def plan_for_context(ctx) -> dict:
     if failed and choice.skipped and not choice.tried:
         # every rung failed already (a restart that should not have happened): say so and stop
         raise OutOfMemory(_oom_message(plan, shape, budget_bytes))
+    if res["parallel_message_passing"] is True and not memory.kalman_scan_allowed(backend):
+        log.warning("resources.parallel_message_passing: true is not used on a CPU: the associative scan's "
+                    "batched LU calls can deadlock XLA:CPU; the Kalman steps run sequentially")
     log.info("fitting on %s: parallel_message_passing=%s, mixed_map_iters=%d (%s)", plan["backend"],
              choice.setting.parallel_message_passing, choice.setting.mixed_map_iters, choice.reason)
     if not choice.fits:

@@ -46,7 +46,9 @@ def test_ladder_order_cpu_gpu_and_pinned_values():
     assert memory.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
     assert memory.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
     assert memory.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
-    assert memory.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
+    # a CPU never gets the associative scan, even pinned: its batched LU calls deadlock XLA:CPU
+    assert memory.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(False, 2)]
+    assert memory.ladder("gpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
 
 
 def test_estimates_fall_along_the_ladder_and_grow_with_size():
@@ -66,11 +68,17 @@ def test_estimates_fall_along_the_ladder_and_grow_with_size():
     assert ar2.steps["discrete"] < 0.6 * ar.steps["discrete"] and ar2.total < ar.total
 
 
-def test_a_large_cpu_fit_samples_the_centroid_sequentially_and_the_model_follows():
-    """jax-moseq's associative scan for the centroid deadlocks XLA:CPU at a million frames: above
-    200,000 frames a CPU fit uses the sequential filter, and the estimate uses that step's terms."""
-    assert memory.location_uses_scan(200_000, "cpu") and not memory.location_uses_scan(200_001, "cpu")
+def test_a_cpu_fit_of_any_size_samples_the_centroid_sequentially_and_the_model_follows():
+    """jax-moseq's associative scan (batched LU) deadlocks XLA:CPU's thread pool (49,000 frames in 9
+    recordings, 1 M frames): a CPU fit of any size uses the sequential filter, and the estimate
+    uses that step's terms; a GPU keeps the scan."""
+    for frames in (1, 2330, 49_000, 200_000, 1_000_000):
+        assert not memory.location_uses_scan(frames, "cpu"), frames
     assert memory.location_uses_scan(10_000_000, "gpu")
+    assert not memory.kalman_scan_allowed("cpu") and memory.kalman_scan_allowed("gpu")
+    small = Shape(frames=49_500, keypoints=9, latent_dim=10, num_states=100, recordings=(5_500,) * 9)
+    est = memory.estimate(small, Setting(False, 1), backend="cpu")
+    assert est.steps["location"] == memory.batched_bytes("location.seq", small, 1)
     shape = Shape(frames=1_000_000, keypoints=8, latent_dim=10, num_states=100)
 
     def term(kind):
@@ -448,8 +456,7 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
     shape = Shape(frames=6 * 5000, keypoints=6, latent_dim=5, num_states=60, recordings=(5000,) * 6)
     for mmi, steps in measured.items():
         est = memory.estimate(shape, Setting(False, int(mmi)))
-        # compiled with the sequential filter everywhere; a CPU fit this small keeps the scan for the centroid
-        est.steps["location"] = memory.batched_bytes("location.seq", shape, int(mmi))
+        # compiled with the sequential filter everywhere, as a CPU fit of any size runs it
         for step, mem in steps.items():
             got = mem["temp"] + mem["output"]
             if step in ("location", "scales") and int(mmi) > 1:
