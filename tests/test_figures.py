@@ -127,3 +127,31 @@ def test_grid_movies_show_keypoint_moseqs_instances(tmp_path, data):
             assert np.abs(fa.astype(float) - fb).mean() < 2.0, f"syllable {s}: frames differ"
             for _ in range(14):
                 a.read(), b.read()
+
+
+FAKE_FIGURE = """
+import json, sys, time
+for label in sys.argv[1:]:
+    if label == "hog":  # runaway memory: 64 MiB at a time, up to 3 GiB
+        hold = []
+        for _ in range(48):
+            hold.append(bytearray(64 * 2**20))
+            time.sleep(0.02)
+    if label == "dies":
+        sys.exit(9)
+    error = "ValueError: no syllables" if label == "raises" else None
+    print(json.dumps({"label": label, "error": error}), flush=True)
+"""
+
+
+def test_a_figure_that_fails_or_runs_away_costs_that_figure_only():
+    """keypoint-moseq's figures run in child processes: one that raises, dies or grows past
+    the memory cap is reported as failed, and the others are still made."""
+    from kpms_job.stages.figures import run_isolated
+
+    made, failed = run_isolated(lambda todo: [sys.executable, "-c", FAKE_FIGURE, *todo],
+                                ["a", "hog", "b", "raises", "dies", "c"], cap=400 * 2**20, timeout=60)
+    assert made == ["a", "b", "c"]
+    assert failed["raises"] == "ValueError: no syllables"
+    assert failed["hog"].startswith("stopped: more than 0.4 GiB")
+    assert "exited with code 9" in failed["dies"]

@@ -1,37 +1,146 @@
-"""Syllable figures and grid movies. A figure that cannot be drawn is reported, not fatal."""
+"""Syllable figures and grid movies. A figure that cannot be drawn is reported, not fatal.
+
+Grid movies are written in this process, one frame at a time (kpms_adapter.grid_movies):
+their memory does not grow with the data. The three figures drawn by keypoint-moseq's own
+functions (syllable_frequencies, duration_distribution, similarity_dendrogram) run in a
+child process started with ``python -m kpms_job.stages.figures`` (spawned, never a fork of
+this JAX process; JAX on the CPU there). The parent polls the child's resident memory and
+stops it above a cap (half the memory available when the stage starts, at least 1 GiB;
+``KPMS_JOB_FIGURE_MEM_GB`` sets it) or after ``KPMS_JOB_FIGURE_TIMEOUT_S`` (1800 s): that
+figure is reported as failed and the next ones run in a fresh child. Their cost on the
+bundled recording tiled to 9,320 frames: under 50 MiB above the loaded results, the
+dendrogram the largest (its density sampling holds every instance's trajectory: linear in
+the frames), so one child per figure would only add a JAX import each.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
 
 from . import arrays
 
 log = logging.getLogger("kpms_job")
+
+FIGURES = ("syllable_frequencies", "duration_distribution", "similarity_dendrogram")
+GiB = 2**30
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def memory_cap() -> int:
+    """Bytes a figure child may hold: ``KPMS_JOB_FIGURE_MEM_GB``, else half the memory available."""
+    if os.environ.get("KPMS_JOB_FIGURE_MEM_GB"):
+        return int(float(os.environ["KPMS_JOB_FIGURE_MEM_GB"]) * GiB)
+    from ..resources import system_memory
+
+    return max(GiB, system_memory()[1] // 2)
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_isolated(argv_for, labels, cap: int, timeout: float = 1800.0):
+    """Run figures ``labels`` in child processes ``argv_for(remaining)``; return (made, failed).
+
+    The child prints one JSON line per figure (``{"label", "error"}``, error None when made).
+    A child stopped above ``cap`` bytes, after ``timeout`` s, or dead for another reason costs
+    the figure it was drawing; the rest go on in a fresh child.
+    """
+    made, failed, todo = [], {}, list(labels)
+    while todo:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
+        p = subprocess.Popen(argv_for(todo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        t0, why = time.monotonic(), None
+        while p.poll() is None:
+            rss = _rss(p.pid)
+            if rss > cap:
+                why = f"stopped: more than {cap / GiB:.1f} GiB of memory"
+            elif time.monotonic() - t0 > timeout:
+                why = f"stopped: more than {timeout:.0f} s"
+            if why:
+                p.kill()
+                break
+            time.sleep(0.2)
+        out, err = p.communicate()
+        for line in out.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("label") in todo:
+                todo.remove(rec["label"])
+                if rec["error"]:
+                    failed[rec["label"]] = rec["error"]
+                else:
+                    made.append(rec["label"])
+        if todo:  # the child died (or was stopped) while drawing todo[0]
+            label = todo.pop(0)
+            failed[label] = why or f"the figure process exited with code {p.returncode}"
+            log.debug("figure process stderr: %s", err[-2000:])
+    for label, why in failed.items():
+        log.warning("could not make %s: %s", label, why)
+    return made, failed
+
+
+def _child(project_dir: str, model_name: str, fps: float, npz: str, labels: list[str]) -> int:
+    """In the child: draw ``labels`` with keypoint-moseq, one JSON line each."""
+    from pathlib import Path
+
+    from .. import kpms_adapter as A
+
+    results, config = A.load_results(project_dir, model_name), A.load_config(project_dir)
+    draw = {"syllable_frequencies": lambda: A.plot_frequencies(results, project_dir, model_name),
+            "duration_distribution": lambda: A.plot_durations(results, project_dir, model_name, fps),
+            "similarity_dendrogram": lambda: A.plot_dendrogram(arrays.load(Path(npz))[0], results, project_dir,
+                                                               model_name, config)}
+    for label in labels:
+        try:
+            draw[label]()
+            error = None
+        except Exception as exc:  # noqa: BLE001 - one figure must not sink the others
+            error = _first_line(exc)
+        print(json.dumps({"label": label, "error": error}), flush=True)
+    return 0
 
 
 def run(ctx):
     from .. import kpms_adapter as A
 
     pd, name, out = str(ctx.project_dir), ctx.model_name, ctx.m["outputs"]
-    results = A.load_results(pd, name)
-    config = A.load_config(pd)
-    coords, _, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
     made, failed = [], {}
 
-    def attempt(label, fn, *args, **kw):
-        try:
-            n = fn(*args, **kw)
-            made.append(label if n is None else f"{label}: {n} movies")
-        except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
-            failed[label] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            log.warning("could not make %s: %s", label, failed[label])
-
     if out["figures"]:
-        attempt("syllable_frequencies", A.plot_frequencies, results, pd, name)
-        attempt("duration_distribution", A.plot_durations, results, pd, name, ctx.fps)
-        attempt("similarity_dendrogram", A.plot_dendrogram, coords, results, pd, name, config)
+        npz = str(ctx.work_dir / "preprocessed.npz")
+        fps = float(ctx.fps)
+        made, failed = run_isolated(
+            lambda todo: [sys.executable, "-m", "kpms_job.stages.figures", pd, name, str(fps), npz, *todo],
+            FIGURES, memory_cap(), float(os.environ.get("KPMS_JOB_FIGURE_TIMEOUT_S", 1800)))
     if out["grid_movies"]:
         videos = ctx.m["inputs"].get("videos")
         label = "grid_movies (video)" if videos else "grid_movies (keypoints only)"
-        attempt(label, A.grid_movies, results, pd, name, coords, config, videos)
+        try:
+            results = A.load_results(pd, name)
+            coords, _, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
+            n = A.grid_movies(results, pd, name, coords, A.load_config(pd), videos)
+            made.append(f"{label}: {n} movies")
+        except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
+            failed[label] = _first_line(exc)
+            log.warning("could not make %s: %s", label, failed[label])
     return {"made": made, "failed": failed, "outputs": []}
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:]))
