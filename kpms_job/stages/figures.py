@@ -8,9 +8,10 @@ this JAX process; JAX on the CPU there). The parent polls the child's resident m
 stops it above a cap (half the memory available when the stage starts, at least 1 GiB;
 ``KPMS_JOB_FIGURE_MEM_GB`` sets it) or after ``KPMS_JOB_FIGURE_TIMEOUT_S`` (1800 s): that
 figure is reported as failed and the next ones run in a fresh child. Their cost on the
-bundled recording tiled to 9,320 frames: under 50 MiB above the loaded results, the
-dendrogram the largest (its density sampling holds every instance's trajectory: linear in
-the frames), so one child per figure would only add a JAX import each.
+bundled recording tiled to 9,320 frames (benchmarks/figures_memory.py): 60 MiB above the
+loaded results for all three, 40 of them the dendrogram's (its density sampling holds every
+instance's trajectory: linear in the frames, hence the cap), so one child for all three, not
+one each (each would add a JAX import).
 """
 
 from __future__ import annotations
