@@ -37,7 +37,7 @@ The sets (``--datasets`` picks rows; all run one after another):
                      recording (each starts 2330/18 frames later), 41,940 frames, as 18 recordings
 
 Excluded (under 2,000 frames or no keypoint-moseq loader): JABS (no loader), dannce (1000
-frames; kpms 0.8.1's dannce loader fails on it without a skeleton file), DLC2Kinematics reaching
+frames; load_keypoints(format="dannce") also raised a TypeError on it here), DLC2Kinematics reaching
 (800), sleap-anipose (120), VAME (750), deepof (100-451), ndx-pose fixtures (10-100),
 lightning-pose fly (3 cameras x 500 frames of one 500-frame video), mirror-mouse-separate (501),
 ibl-paw left camera (1000 frames, and a different rate from the right camera's).
@@ -170,14 +170,15 @@ def run_job_measured(manifest: Path, log_file: Path) -> dict:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, NO_COLOR="1", MPLBACKEND="Agg"))
     current = ["(start)"]
-    lines: list[str] = []
 
-    def reader():
-        for line in proc.stdout:
-            lines.append(line)
-            m = STAGE_LINE.search(line)
-            if m:
-                current[0] = m.group(2) if m.group(1) == "run" else f"(after {m.group(2)})"
+    def reader():  # the log goes to log_file as it comes, so a long row can be watched
+        with open(log_file, "w") as fh:
+            for line in proc.stdout:
+                fh.write(line)
+                fh.flush()
+                m = STAGE_LINE.search(line)
+                if m:
+                    current[0] = m.group(2) if m.group(1) == "run" else f"(after {m.group(2)})"
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
@@ -190,7 +191,6 @@ def run_job_measured(manifest: Path, log_file: Path) -> dict:
         time.sleep(0.2)
     wall = time.monotonic() - t0
     th.join(timeout=10)
-    log_file.write_text("".join(lines))
     fit_stages = [s for s in peaks if s not in ("figures", "summary") and not s.startswith("(after figures")
                   and not s.startswith("(after summary")]
     before = max((peaks[s] for s in fit_stages), default=0)
