@@ -205,9 +205,9 @@ def run_baseline(name, fmt, path, fps, lo, hi, ar_iters, full_iters, seed, work:
 
 def judge(side: dict, project: Path, model_name: str, fps, lo, hi, stab_iters, log_file: Path) -> dict:
     """The same rule for both sides: the delivered state's median, in window, stable after more Gibbs."""
-    if not (project / model_name / "checkpoint.h5").exists():
+    if side.get("exit") not in (0, 5) or not (project / model_name / "checkpoint.h5").exists():
         side.update({"median_ms": float("nan"), "in_window": False, "stable": False,
-                     "stability": {"error": "no final checkpoint"}})
+                     "stability": {"error": f"no finished model (exit {side.get('exit')})"}})
         return side
     st = stability.run_in_child(project, model_name, fps, lo, hi, stab_iters, log_file=log_file)
     side["stability"] = st
