@@ -17,7 +17,8 @@ COMMANDS = ("run", "validate", "plan")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
-window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue"""
+window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue,
+76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 1800; stacks logged): rerun to continue"""
 
 
 class UsageError(JobError):
@@ -162,7 +163,7 @@ def cmd_run(args) -> int:
     import os
     import time
 
-    from . import inputs, manifest, pipeline, resources, signals
+    from . import inputs, manifest, pipeline, resources, signals, watchdog
     from .errors import Interrupted, OutOfMemory
     from .state import JobState, ProjectLock
 
@@ -184,6 +185,7 @@ def cmd_run(args) -> int:
             return _tuning_verdict(state, m)
         # JAX reads its GPU memory fraction when it starts: set it from the budget now
         resources.prepare_environment(m)
+        watchdog.start(state=state, lock=lock)  # a hang (e.g. an XLA:CPU deadlock) ends in exit 76, not silence
         try:
             outcome = pipeline.run(m, state, stop=signals.requested)
         except JobError as exc:
@@ -196,6 +198,8 @@ def cmd_run(args) -> int:
             restart = True
         else:
             resources.record_peak(state)
+        finally:
+            watchdog.stop()
         if signals.requested():
             raise Interrupted("stopped on request; rerun the same command to continue")
     if restart:  # the lock is released: the fresh process takes it again

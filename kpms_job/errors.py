@@ -11,6 +11,8 @@ Exit codes (documented in the README; the Kubernetes and Slurm examples rely on 
 5     finished, but kappa tuning could not reach the target window
 73    output problem: project dir not writable or disk full
 75    interrupted (signal, or project dir locked): safe to rerun
+76    stalled: no progress within the watchdog's limit (a hang, e.g. an
+      XLA:CPU deadlock); stacks logged, last snapshot kept: safe to rerun
 ====  ==========================================================
 """
 
@@ -22,6 +24,7 @@ EXIT_OOM = 4
 EXIT_TUNING_MISSED = 5
 EXIT_OUTPUT = 73
 EXIT_INTERRUPTED = 75
+EXIT_STALLED = 76  # kpms_job.watchdog: the job made no progress within its limit and exited itself
 
 
 class JobError(Exception):

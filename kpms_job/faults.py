@@ -4,13 +4,16 @@
 ``stage-end:arhmm``, ``iter:kpms_job:5`` (after Gibbs iteration 5 of model kpms_job,
 before its snapshot), ``state-write`` (between writing the temp file and the rename).
 ``action`` is ``kill`` (a real SIGKILL of this process), ``term`` (SIGTERM to itself)
-or ``oom`` (an XLA RESOURCE_EXHAUSTED error). Unset in production: one dict lookup.
+``oom`` (an XLA RESOURCE_EXHAUSTED error) or ``hang`` (blocks this thread for good in a
+blocking wait that, like a deadlocked native call, never returns to Python on its own: only
+the stall watchdog or a signal ends the process). Unset in production: one dict lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 
 _spec = None
 
@@ -35,3 +38,12 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     elif action == "oom":
         raise RuntimeError(f"RESOURCE_EXHAUSTED: Out of memory (injected at {name})")
+    elif action == "hang":
+        _hang(name)
+
+
+def _hang(name: str) -> None:
+    """Block forever (injected at ``name``), the way a deadlocked ``BlockingCounter::Wait`` does."""
+    never = threading.Event()
+    while True:
+        never.wait(3600)

@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faults
+from . import faults, watchdog
 from .errors import InputDataError, JobError
 from .memory import kalman_scan_allowed, location_uses_scan
 
@@ -697,6 +697,21 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         parallel_message_passing = False
     it, done = start_iter, False
     last_plot = time.monotonic()
+    watchdog.fit_started(model_name)  # each iteration is progress; the first one includes the compile
+    try:
+        model, it, done = _gibbs_loop(model, data, path, project_dir, model_name, start_iter, num_iters, ar_only,
+                                      save_every, fps, parallel_message_passing, on_iteration, should_stop,
+                                      finished, on_nan, save_now, progress_plots, last_plot)
+    finally:
+        watchdog.fit_ended()
+    return model, it, done
+
+
+def _gibbs_loop(model, data, path, project_dir, model_name, start_iter, num_iters, ar_only, save_every, fps,
+                parallel_message_passing, on_iteration, should_stop, finished, on_nan, save_now, progress_plots,
+                last_plot):
+    """The iterations of :func:`run_gibbs`."""
+    it, done = start_iter, False
     for it in range(start_iter + 1, num_iters + 1):
         try:
             faults.point(f"resample:{model_name}:{it}")
@@ -717,11 +732,13 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
         elif on_iteration is not None:
             new = on_iteration(it, new) or new
         model = _steady(new)
+        watchdog.progress(f"iteration {it} of {model_name}", iteration=True)
         faults.point(f"iter:{model_name}:{it}")
         done = finished(it) if finished is not None else it == num_iters
         stopping = bool(should_stop and should_stop()) and not done
         if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
             _save_snapshot(path, model, it)
+            watchdog.progress(f"snapshot {it} of {model_name} saved")
             # a figure takes about a second: at the end, and at save points at most every 2 minutes
             if progress_plots and not stopping and (done or (it % save_every == 0
                                                             and time.monotonic() - last_plot >= 120)):

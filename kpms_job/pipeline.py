@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import __version__, faults, inputs
+from . import __version__, faults, inputs, watchdog
 from .state import JobState, fingerprint, hash_file, output_error
 
 log = logging.getLogger("kpms_job")
@@ -214,6 +214,7 @@ def run(m: dict, state: JobState, stop=None) -> dict:
         log.info("run   %-10s %s (%s)", st.name, st.title, d.reason)
         if stop is not None and stop():
             break
+        watchdog.progress(f"stage-start:{st.name}")
         faults.point(f"stage-start:{st.name}")
         t0 = time.monotonic()
         module = importlib.import_module(st.module)
@@ -228,6 +229,7 @@ def run(m: dict, state: JobState, stop=None) -> dict:
         faults.point(f"stage-end:{st.name}")
         seconds = time.monotonic() - t0
         state.record_stage(st.name, d.fingerprint, seconds, info)
+        watchdog.progress(f"stage-end:{st.name}")
         log.info("done  %-10s in %.1f s", st.name, seconds)
         outcome[st.name] = "ran"
     return outcome

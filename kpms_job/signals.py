@@ -44,6 +44,12 @@ def critical():
         yield
 
 
+def enter_critical(timeout: float) -> bool:
+    """Wait up to ``timeout`` s for any critical section to end and hold it (the stall watchdog,
+    before it exits); False when it did not end in time."""
+    return _critical.acquire(timeout=timeout)
+
+
 def _watch() -> None:
     while True:
         sig = signal.sigwait(SIGNALS)
