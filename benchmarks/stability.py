@@ -4,14 +4,14 @@ Given a finished keypoint-moseq project (written by kpms-job or by a baseline) a
 ``check`` copies ``<project>/<model>/checkpoint.h5`` into a scratch folder (the project is only
 read), loads its latest snapshot with ``kpms.load_checkpoint`` (the state the project delivers),
 measures its median syllable duration, continues it ``iters`` more Gibbs iterations at its own
-kappa with keypoint-moseq's own ``kpms.fit_model`` (start_iter = the snapshot's iteration; no
-kpms-job code or patches), and measures the median again. The median is jax-moseq's
+kappa with jax-moseq's ``resample_model`` through the job's Gibbs loop
+(``kpms_job.kpms_adapter.run_gibbs``, the same loop for both sides), and measures the median
+again. Not ``kpms.fit_model``: on a CPU its centroid step always takes jax-moseq's
+associative-scan Kalman sampler, whose batched LU deadlocks XLA:CPU (the 42k-frame row hung),
+and it recompiles every step at its second and third iteration (1-2 min here); the job's loop
+samples the centroid sequentially on a CPU and compiles once. The median is jax-moseq's
 ``get_durations`` over the checkpoint's mask, converted at the manifest's fps: the same
 computation as ``kpms_job.kpms_adapter.median_duration_ms``.
-
-``kpms.fit_model`` runs ``num_iters - start_iter + 1`` resamples (``range(start_iter,
-num_iters + 1)``), so it is called with ``num_iters = start + iters - 1``: exactly ``iters`` more
-resamples.
 
 Every benchmark calls ``run_in_child`` for both sides: a fresh process, timed on its own (so the
 check's time never counts in a side's wall time and no side's JAX caches help it).
@@ -62,9 +62,14 @@ def check(project_dir, model_name: str, fps: float, lo: float, hi: float, iters:
         model, data, metadata, start = kpms.load_checkpoint(str(scratch), model_name)  # latest snapshot
         kappa = float(model["hypparams"]["trans_hypparams"]["kappa"])
         before = median_ms(model, data, fps)
-        model, _ = kpms.fit_model(model, data, metadata, str(scratch), model_name, ar_only=False,
-                                  start_iter=int(start), num_iters=int(start) + iters - 1,
-                                  generate_progress_plots=False, save_every_n_iters=None)
+        import jax
+
+        from kpms_job import kpms_adapter as A
+
+        model, _, _ = A.run_gibbs(model, data, metadata, str(scratch), model_name, start_iter=int(start),
+                                  num_iters=int(start) + iters, ar_only=False, save_every=10**9, fps=fps,
+                                  parallel_message_passing=jax.default_backend() != "cpu",
+                                  progress_plots=False)
         after = median_ms(model, data, fps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
