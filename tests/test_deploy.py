@@ -107,6 +107,7 @@ def test_pod_failure_policy_fails_at_once_on_errors_a_retry_cannot_fix():
     # the job's own constants, so a renumbered exit code breaks this test, not a cluster
     assert {errors.EXIT_MANIFEST, errors.EXIT_INPUT, errors.EXIT_OOM, errors.EXIT_TUNING_MISSED} <= codes
     assert errors.EXIT_INTERRUPTED not in codes and errors.EXIT_UNEXPECTED not in codes
+    assert errors.EXIT_STALLED not in codes  # a hang is a race: retried (counted), never failed at once
 
 
 def test_pod_failure_policy_retries_interruptions_and_evictions():
@@ -115,6 +116,9 @@ def test_pod_failure_policy_retries_interruptions_and_evictions():
     assert [r["action"] for r in disruption] == ["Ignore"], "an evicted pod must be retried without counting"
     interrupted = [r for r in rules if errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", [])]
     assert [r["action"] for r in interrupted] in (["Count"], ["Ignore"])
+    stalled = [r for r in rules if errors.EXIT_STALLED in r.get("onExitCodes", {}).get("values", [])]
+    assert [r["action"] for r in stalled] == ["Count"], "a stall is retried and counted, so a recurring hang ends"
+
     # rules apply in order: the eviction rule must come before any rule that could fail the Job on 75
     assert rules.index(disruption[0]) < rules.index(interrupted[0])
     assert the_job()["spec"]["backoffLimit"] >= 3
