@@ -18,7 +18,7 @@ COMMANDS = ("run", "validate", "plan")
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
 window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue,
-76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 1800; stacks logged): rerun to continue"""
+76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue"""
 
 
 class UsageError(JobError):

@@ -43,6 +43,8 @@ import numpy as np
 from keypoint_moseq import util as kutil
 from keypoint_moseq import viz as kviz
 
+from . import watchdog
+
 log = logging.getLogger("kpms_job")
 
 #: Grids tried in turn: the first that at least one syllable fills is used for every movie.
@@ -268,6 +270,7 @@ def write_grid_movies(results, project_dir, model_name, coordinates, config, vid
             skipped.append(int(syllable))
             continue
         write_movie(p, instances, path)
+        watchdog.progress(f"grid movie {path.name} written")  # long studies write many movies
         written.append(int(syllable))
         log.debug("grid movie %s written", path.name)
     return {"grid": (p["rows"], p["cols"]), "written": written, "skipped": skipped}

@@ -14,7 +14,7 @@ iteration completing, a snapshot saved. The limit without progress:
 - otherwise (the first iteration of a fit, a stage without inner progress such as PCA or the
   figures): ``max(4 x KPMS_JOB_WATCHDOG_S, 600)`` seconds.
 
-``KPMS_JOB_WATCHDOG_S`` defaults to 1800; ``0`` turns the watchdog off. When the limit passes,
+``KPMS_JOB_WATCHDOG_S`` defaults to 600 (10 minutes); ``0`` turns the watchdog off. When the limit passes,
 the watchdog thread (the main thread is stuck, typically in native code) logs where the job is
 stuck: the last progress, the Python stack of every thread (``faulthandler``) and the native
 stacks (``gdb -batch -p PID``, else each thread's kernel wait channel from
@@ -47,7 +47,7 @@ ITERATION_FACTOR = 20.0
 #: Before an iteration time is known: this many times the floor, and at least UNKNOWN_MIN_S.
 UNKNOWN_FACTOR = 4.0
 UNKNOWN_MIN_S = 600.0
-DEFAULT_S = 1800.0
+DEFAULT_S = 600.0
 
 _mutex = threading.Lock()
 _state = {"last": time.monotonic(), "where": "start", "fit": None, "fit_iters": 0, "slowest": None}
@@ -57,7 +57,7 @@ _stop = threading.Event()
 
 
 def floor_seconds() -> float:
-    """``KPMS_JOB_WATCHDOG_S`` (default 1800); 0 or less: off."""
+    """``KPMS_JOB_WATCHDOG_S`` (default 600); 0 or less: off."""
     try:
         return float(os.environ.get("KPMS_JOB_WATCHDOG_S", DEFAULT_S))
     except ValueError:
