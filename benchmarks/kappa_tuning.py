@@ -18,9 +18,9 @@ Same rules for both sides:
   checkpoint), its median syllable duration with jax-moseq's ``get_durations`` at the manifest's
   fps, in the window or not.
 - "stable": ``benchmarks/stability.py`` continues that state ``--stability-iters`` (100) more
-  Gibbs iterations with ``kpms.fit_model`` at its own kappa, in a scratch copy and its own
-  process, timed separately (never in a side's wall time), and says whether the median is still
-  in the window.
+  Gibbs iterations at its own kappa (the same Gibbs loop for both sides), in a scratch copy and
+  its own process, timed separately (never in a side's wall time), and says whether the median is
+  still in the window.
 - Gibbs iterations: resamples actually run. ``kpms.fit_model(num_iters=n, start_iter=s)`` runs
   n - s + 1 of them, so a 25-iteration attempt is 26 resamples.
 

@@ -8,14 +8,14 @@ movies on, 50 AR-HMM + 200 full-model iterations, target 300-400 ms (the job's d
 Per row: dataset, recordings, frames, fps, exit code, the final median syllable duration (the
 delivered state: the latest snapshot of the final model's checkpoint, measured by
 ``benchmarks/stability.py``, with summary.json's value beside it), in window, stable after
-``--stability-iters`` (100) more Gibbs iterations (``benchmarks/stability.py``: keypoint-moseq's
-own ``fit_model`` at the model's kappa, in a scratch copy, in its own process, not in the wall
-time), the AR-HMM / full-model Gibbs iterations (summary.json), wall time (process start to exit,
-timed by this parent), and the peak resident memory of the job's whole process tree (RSS of the
-job and all its descendants summed from /proc every 0.2 s): overall, before the figures stage
-(the fit's own peak) and during it. The issue allows the figures stage to add at most 1 GiB to the
-fit's peak; the stage boundaries come from the job's own log lines (``run   figures`` /
-``done  figures``), and the peak of every stage is kept in the JSON.
+``--stability-iters`` (100) more Gibbs iterations (``benchmarks/stability.py``: at the model's
+kappa, in a scratch copy, in its own process, not in the wall time), the AR-HMM / full-model Gibbs
+iterations (summary.json), wall time (process start to exit, timed by this parent), and the peak
+resident memory of the job's whole process tree (RSS of the job and all its descendants summed from
+/proc every 0.2 s): overall, before the figures stage (the fit's own peak) and during it. The issue
+allows the figures stage to add at most 1 GiB to the fit's peak; the stage boundaries come from the
+job's own log lines (``run figures`` / ``done figures``), and the peak of every stage is kept in
+the JSON.
 
 The sets (``--datasets`` picks rows; all run one after another):
 
