@@ -23,6 +23,10 @@ What real chains do, and how the search copes:
   probe is cheap, and overshooting to too short is undone within a few iterations. A
   bracket narrower than ``min_bracket`` decades is the chain's own wandering: its older
   side is dropped.
+- Drift. A chain's durations wander at a fixed kappa, so a side of the bracket measured more
+  than ``bracket_memory`` iterations ago stops bounding the search, and a base from which a
+  probe at no more than the base's own kappa came back too long (it was already lengthening)
+  is dropped for the base before it.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
   from a clean start when it had to go down, or when the budget is spent. (An earlier rule
@@ -63,6 +67,7 @@ class TunerConfig:
     aim: float = 0.5  # where in the window (log scale, 0 = its bottom, 1 = its top) the search aims
     min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
     max_nudges: int = 2  # corrections in a row from inside the window before it is accepted
+    bracket_memory: int = 40  # iterations a too-short / too-long kappa keeps bounding the search
     kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
     kappa_max: float = 1e25
     # median (ms) of the state the chain starts from, when it was measured (the full model starts
@@ -100,12 +105,14 @@ class KappaTuner:
     checks: list = field(default_factory=list, init=False)
     medians: list = field(default_factory=list, init=False)  # (iteration, median_ms or None)
     points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
-    # a downward correction rolls the chain back to this snapshot: the last state measured
-    # below the aim, or a start that was measured not too long; None until there is one
-    base_iter: int | None = field(default=None, init=False)
+    # the states a downward correction may roll back to, newest last: (iteration, log10 kappa) of
+    # each state measured below the aim, and the start when it was measured not too long
+    bases: list = field(default_factory=list, init=False)
     nudges: int = field(default=0, init=False)  # corrections in a row made from inside the window
     low_k: float | None = field(default=None, init=False)  # highest log10 kappa known too short
     high_k: float | None = field(default=None, init=False)  # lowest log10 kappa known too long
+    low_at: int = field(default=0, init=False)  # the iterations they were measured at
+    high_at: int = field(default=0, init=False)
     rollback: int | None = field(default=None, init=False)  # set when the last observe asks for one
     # the chain has run at the current kappa only since a clean start (the start, or a rollback to
     # a base), so its measurement is this kappa's own response, not the memory of another kappa
@@ -116,7 +123,12 @@ class KappaTuner:
         self.kappa = float(self.cfg.kappa0)
         start = self.cfg.start_ms
         if start is not None and math.isfinite(start) and 0 < start <= self.cfg.hi_ms:
-            self.base_iter = 0  # probes at other kappas restart from here
+            self.bases.append((0, math.log10(self.kappa)))  # probes at other kappas restart from here
+
+    @property
+    def base_iter(self) -> int | None:
+        """The snapshot a downward correction rolls back to (None: there is none)."""
+        return self.bases[-1][0] if self.bases else None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -243,11 +255,24 @@ class KappaTuner:
             self._note(iteration, measured, "hold (no budget left)")
             return None
         too_short = math.log10(measured) < self.center
+        # a chain drifts: what a kappa did bracket_memory iterations ago no longer bounds the search
+        # (real data: a probe measured 384 ms at kappa 7.8e5; 35 iterations later the chain sat at
+        # 245-271 ms at 2.5e5..6.7e5 and bisection toward that stale side used up the budget)
+        if self.low_k is not None and iteration - self.low_at > self.cfg.bracket_memory:
+            self.low_k = None
+        if self.high_k is not None and iteration - self.high_at > self.cfg.bracket_memory:
+            self.high_k = None
         if too_short:
-            self.low_k = lk if self.low_k is None else max(self.low_k, lk)
-            self.base_iter = iteration  # progress kept: the chain goes on from here
+            if self.low_k is None or lk >= self.low_k:
+                self.low_k, self.low_at = lk, iteration
+            self.bases.append((iteration, lk))  # progress kept: the chain goes on from here
         else:
-            self.high_k = lk if self.high_k is None else min(self.high_k, lk)
+            if self.high_k is None or lk <= self.high_k:
+                self.high_k, self.high_at = lk, iteration
+            if self.clean and len(self.bases) > 1 and lk <= self.bases[-1][1] + 1e-9:
+                # a probe from this base at a kappa no higher than the base's own came back too long:
+                # the base was already lengthening (measured short on average, long at its end)
+                self.bases.pop()
         if (self.low_k is not None and self.high_k is not None
                 and self.high_k - self.low_k < self.cfg.min_bracket):
             # the chain's own wandering is larger than kappa's effect at this scale (seen on real

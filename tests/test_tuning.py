@@ -277,3 +277,35 @@ def test_aiming_low_ends_in_the_lower_half_of_the_window(seed):
     final, last = drive(t, power_law(3e7, noise=0.1), seed=seed)
     assert 300 <= final <= 300 * (400 / 300) ** 0.5 + 1e-9, t.report(final)["verdict"]
     assert last <= 200
+
+
+def test_a_kappa_measured_long_ago_stops_bounding_the_search():
+    """Real chains drift: open-field's full model measured 384 ms at kappa 7.8e5, then sat at
+    245-271 ms at lower kappas 35 iterations later, and bisecting toward the stale 'too long'
+    side spent the budget. Here kappa 1e7 measures too long at first; 55 iterations later the
+    chain is far too short at 9e5 and the secant step must be free to go past 1e7."""
+    t = KappaTuner(make_cfg(kappa0=1e7, start_ms=250.0, fixed_iters=50))
+    script = [633.3] * 15 + [333.3] * 45 + [150.0] * 10
+    moves = []
+    for it, ms in enumerate(script, start=1):
+        new = t.observe(it, ms)
+        if new is not None:
+            moves.append((it, new))
+    assert moves[0][0] == 15 and moves[0][1] < 1e7, moves  # too long: probe lower from the start
+    assert moves[-1][0] == 70, moves
+    assert moves[-1][1] > 1e7, f"stayed below the kappa measured too long 55 iterations before: {moves}"
+
+
+def test_a_base_that_turns_long_at_its_own_kappa_is_dropped_for_the_one_before():
+    """Real data: a full-model state measured 302 ms on average (its last iterations already
+    longer); four probes from it, down to a kappa below its own, all came back at 419-425 ms.
+    A probe from a base at no more than the base's own kappa that comes back too long shows the
+    base was not short: the next probe starts from the base before it (here the start)."""
+    t = KappaTuner(make_cfg(kappa0=1e8, start_ms=250.0, fixed_iters=50))
+    rollbacks = []
+    for it in range(1, 200):
+        new = t.observe(it, 280.0 if it <= 15 else 500.0)
+        if new is not None and t.rollback is not None:
+            rollbacks.append((it, t.rollback, new))
+    assert rollbacks and rollbacks[0][1] == 15, rollbacks  # the short state is the first base
+    assert any(r[1] == 0 for r in rollbacks), f"never went back past the spoiled base: {rollbacks}"
