@@ -15,7 +15,10 @@ What real chains do, and how the search copes:
   probe from a clean start: the chain rolls back to its *base* (the last state measured
   below the aim, or the start when it was measured not too long: the full model starts
   from the tuned AR-HMM's state) and runs at the new kappa from there. Corrections up
-  continue the chain (the too-short state becomes the new base).
+  continue the chain (the too-short state becomes the new base), except with
+  ``restart_probes`` (the full model): a settled full model may follow kappa in neither
+  direction, so every correction restarts from the measured start, and the measurements,
+  all from one start and of one length, form one response curve.
 - A measured response curve. Steps are secant steps on log kappa from the measured
   points, kept inside the bracket of kappas known too short / too long (bisection when
   the secant leaves it), at most ``max_step`` decades. Going down from a clean start the
@@ -68,6 +71,9 @@ class TunerConfig:
     min_bracket: float = 0.1  # decades: a narrower too-short/too-long bracket is noise, not signal
     max_nudges: int = 2  # corrections in a row from inside the window before it is accepted
     bracket_memory: int = 40  # iterations a too-short / too-long kappa keeps bounding the search
+    # every correction, up too, restarts from the measured start (the full model from the tuned
+    # AR-HMM): all measurements then share one start and one length, a response curve
+    restart_probes: bool = False
     kappa_min: float = 1.0  # below this kappa adds no stickiness to speak of
     kappa_max: float = 1e25
     # median (ms) of the state the chain starts from, when it was measured (the full model starts
@@ -197,7 +203,7 @@ class KappaTuner:
         383 ms at 7.5e4) means the largest step, not the prior's small one. Overshooting
         to too short is cheap: durations rise within a few iterations.
         """
-        if too_long and self.clean and len(self.clean_points) >= 2:
+        if (too_long or self.cfg.restart_probes) and self.clean and len(self.clean_points) >= 2:
             pts = self.clean_points[-3:]
             xs = [p[0] for p in pts]
             if max(xs) - min(xs) > 0.05:
@@ -265,7 +271,8 @@ class KappaTuner:
         if too_short:
             if self.low_k is None or lk >= self.low_k:
                 self.low_k, self.low_at = lk, iteration
-            self.bases.append((iteration, lk))  # progress kept: the chain goes on from here
+            if not self.cfg.restart_probes:
+                self.bases.append((iteration, lk))  # progress kept: the chain goes on from here
         else:
             if self.high_k is None or lk <= self.high_k:
                 self.high_k, self.high_at = lk, iteration
@@ -297,7 +304,8 @@ class KappaTuner:
         # a chain that must shorten its syllables goes back to the base (a state measured short,
         # or the start) when there is one: a continuing chain shortens them only slowly, so its
         # measurements would say more about its past than about the new kappa (hysteresis)
-        rollback = (not too_short and self.base_iter is not None and self.base_iter != iteration)
+        rollback = ((self.cfg.restart_probes or not too_short)
+                    and self.base_iter is not None and self.base_iter != iteration)
         what = "rollback, " if rollback else ""
         self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}")
         return self._move(10 ** new, iteration, rollback)

@@ -149,9 +149,13 @@ def run_full(ctx):
     start = ctx.m["model"]["full_kappa"] or arhmm["kappa"] * ts["full_kappa_ratio"]
     # the full model starts from the AR-HMM's last state, whose median the AR-HMM tuner measured:
     # when that is not too long, every downward correction probes again from it (a clean start)
-    cfg = _config(ctx, start, iters, ts["full_budget"], start_ms=arhmm.get("median_duration_ms"))
+    # and every correction, up too, restarts from it: a settled full model may follow kappa in
+    # neither direction (open-field: 233-275 ms while kappa rose from 2.5e6 to 2e11), while the
+    # first iterations from the AR-HMM's state do; so the probes measure one response curve
+    cfg = dataclasses.replace(_config(ctx, start, iters, ts["full_budget"],
+                                      start_ms=arhmm.get("median_duration_ms")), restart_probes=True)
     key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, cfg.start_ms,
-                      "full-tuned-2")
+                      "full-tuned-3")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
                                  lambda: from_arhmm(ctx, start), ar_only=False)
     A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))

@@ -309,3 +309,34 @@ def test_a_base_that_turns_long_at_its_own_kappa_is_dropped_for_the_one_before()
             rollbacks.append((it, t.rollback, new))
     assert rollbacks and rollbacks[0][1] == 15, rollbacks  # the short state is the first base
     assert any(r[1] == 0 for r in rollbacks), f"never went back past the spoiled base: {rollbacks}"
+
+
+def drive_settling(tuner, k_ref, slope, start_ms, seed, fast=0.3, slow=0.003, settle_iters=15):
+    """A chain that follows kappa only while it is fresh: for ``settle_iters`` iterations after a
+    (re)start its log duration moves ``fast`` of the way to the equilibrium per iteration, after
+    that only ``slow`` of the way, up or down (open-field's full model, seed 0: a continuing chain
+    stayed at 233-275 ms while kappa rose from 2.5e6 to 2e11). Rollbacks restart it."""
+    rng = random.Random(seed)
+    level, restarted, final, it = {0: math.log(start_ms)}, 0, None, 0
+    for it in range(1, tuner.cfg.max_iters + 1):
+        goal = math.log(346.0 * (tuner.kappa / k_ref) ** slope)
+        rate = fast if it - restarted <= settle_iters else slow
+        level[it] = level[it - 1] + (goal - level[it - 1]) * rate
+        final = quantise(math.exp(level[it] + rng.gauss(0, 0.05)))
+        new = tuner.observe(it, final)
+        if new is not None and tuner.rollback is not None:
+            level[it], restarted = level[tuner.rollback], it
+        if tuner.done(it):
+            break
+    return final, it
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_full_model_probes_every_kappa_from_the_start_when_a_settled_chain_stops_following(seed):
+    """With ``restart_probes`` every correction, up as well as down, starts again from the
+    measured start, so each measurement is that kappa's own response from one common start."""
+    t = KappaTuner(make_cfg(kappa0=1e5, start_ms=300.0, fixed_iters=50, restart_probes=True))
+    final, last = drive_settling(t, k_ref=1e9, slope=0.1, start_ms=300.0, seed=seed)
+    rep = t.report(final)
+    assert rep["in_window"], rep["verdict"]
+    assert last <= 260
