@@ -177,6 +177,8 @@ def cmd_run(args) -> int:
     with ProjectLock(m["project_dir"]) as lock:
         lock.acquire(wait=args.wait)
         state = JobState(m["project_dir"])
+        if state.recovered:  # a rerun with nothing to do would otherwise leave the damaged file
+            state.save()
         decisions = pipeline.decide(m, state)
         if not any(d.run for d in decisions):
             log.info("nothing to do: every stage is done and unchanged (%s)", m["project_dir"])

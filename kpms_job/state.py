@@ -95,6 +95,7 @@ class JobState:
         self.project_dir = Path(project_dir)
         self.dir = self.project_dir / STATE_DIR
         self.path = self.dir / "state.json"
+        self.recovered = False  # loaded from state.json.bak: the writer should save it whole again
         self.data = self._load()
 
     # -- reading ---------------------------------------------------------------
@@ -117,6 +118,7 @@ class JobState:
             data = self._read(self.path.with_name("state.json.bak"))
             if data is not None:
                 log.warning("recovered the job state from %s.bak", self.path.name)
+                self.recovered = True
             else:
                 log.warning("no usable job state: every stage is checked again "
                             "(fits resume from their saved snapshots)")

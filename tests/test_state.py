@@ -58,6 +58,7 @@ def test_a_damaged_state_file_falls_back_to_the_previous_copy(tmp_path, warnings
     assert st.stage("ingest")["fingerprint"] == "a"
     assert any("previous copy" in w or "not a kpms-job state" in w for w in warnings_seen())
     assert any("recovered the job state" in w for w in warnings_seen())
+    assert st.recovered  # the job's run saves it whole again at once, even with nothing to do
 
 
 def test_both_copies_damaged_gives_an_empty_state_and_a_warning(tmp_path, warnings_seen):
