@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from jobs import EXAMPLE_CSV, tiny_manifest
+from jobs import EXAMPLE_CSV, run_job, tiny_manifest
 
 from kpms_job.cli import main
 
@@ -206,3 +206,14 @@ def test_h5_error_message_carries_errno():
                            "results", Path("/p"))
     assert err is not None and err.exit_code == 73
     assert _as_output_error(OSError("something else"), "results", Path("/p")) is None
+
+
+def test_two_keypoints_fit_with_the_smallest_latent_dim_keypoint_moseq_takes(tmp_path):
+    """Two keypoints in 2D leave one pose dimension after alignment; latent_dim 1 made jax-moseq's
+    AR-HMM fail with a TypeError (exit 1, real IBL paw data). The job fits with latent_dim 2."""
+    manifest = tiny_manifest(tmp_path, bodyparts__use=["snout", "tailbase"], outputs={"grid_movies": False,
+                                                                                       "figures": False})
+    res = run_job("run", manifest)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "project" / "summary.json").read_text())
+    assert summary["latent_dim"] == 2

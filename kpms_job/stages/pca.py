@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import InputDataError
 from . import arrays
 
 log = logging.getLogger("kpms_job")
+
+MIN_LATENT_DIM = 2
 
 
 def run(ctx):
@@ -28,6 +31,17 @@ def run(ctx):
     else:
         latent_dim = A.pca_dims_for(pca, ctx.m["pca"]["variance_explained"])
         how = f"fewest PCs explaining {ctx.m['pca']['variance_explained']:.0%} of variance"
+    if latent_dim < MIN_LATENT_DIM:
+        # jax-moseq's AR and Kalman steps need a latent matrix: latent_dim 1 fails inside the
+        # AR-HMM with a TypeError (real data: two IBL paw keypoints, 1 PC after alignment)
+        if n_max < MIN_LATENT_DIM:
+            bp = (ctx.m.get("bodyparts") or {}).get("use") or "all"
+            raise InputDataError(
+                f"the aligned poses have only {n_max} principal component(s); keypoint-moseq needs at "
+                f"least {MIN_LATENT_DIM} (bodyparts.use: {bp}). Track or use more bodyparts: with "
+                f"2 keypoints in 2D only 1 pose dimension is left after alignment")
+        log.info("latent_dim %d raised to %d, the least keypoint-moseq can fit", latent_dim, MIN_LATENT_DIM)
+        latent_dim = MIN_LATENT_DIM
     explained = A.pca_variance(pca, latent_dim)
     A.update_config(pd, latent_dim=int(latent_dim))
     A.plot_pca(pca, A.load_config(pd), pd)
