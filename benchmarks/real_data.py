@@ -256,7 +256,7 @@ def table(rows, args) -> str:
                else f"SMOKE: AR-HMM {args.arhmm_iters or 50}, full {args.full_iters or 200} iterations")
     out = [f"kpms-job defaults (fitting: {fitting}); "
            f"stable = still in the window after {args.stability_iters} more Gibbs iterations "
-           "(keypoint-moseq's fit_model, own process, not in the wall time). Memory: peak RSS of the job's "
+           "(benchmarks/stability.py, own process, not in the wall time). Memory: peak RSS of the job's "
            "process tree (/proc, 0.2 s).", "",
            "| dataset | recordings | frames | fps | exit | final median ms | in window | stable (median after) "
            "| Gibbs AR-HMM / full | peak RSS GiB | before figures / figures stage (adds) GiB | wall s |",
