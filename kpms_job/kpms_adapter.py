@@ -56,7 +56,7 @@ largest arrays of a fit with millions of frames (15 GiB in ``resample_scales`` a
    ``parallel_message_passing=True``): the scan's batched LU calls (``lapack_dgetrf_ffi``
    through jaxlib 0.10's ``ParallelBatchMap``) deadlock XLA:CPU's thread pool when as many run
    at once as it has threads (49,000 frames in 9 recordings and 1 M frames on 2 cores; see
-   :data:`kpms_job.memory.CPU_SCAN_MAX_FRAMES`). The sequential filter has no LU call and
+   :func:`kpms_job.memory.kalman_scan_allowed`). The sequential filter has no LU call and
    samples the same distribution (another random stream).
 5. :func:`_patch_scales`: ``resample_scales`` (also used by ``init_model``). jax's gamma
    draws element ``i`` from key ``i`` of ``jr.split(seed, size)``; the patch splits the same
@@ -82,7 +82,7 @@ import numpy as np
 
 from . import faults, watchdog
 from .errors import InputDataError, JobError
-from .memory import kalman_scan_allowed, location_uses_scan
+from .memory import kalman_scan_allowed
 
 log = logging.getLogger("kpms_job")
 
@@ -229,7 +229,7 @@ def _patch_continuous_stateseqs():
 #: ``parallel_message_passing`` to ``resample_location``, so its own always uses the associative
 #: scan. :func:`run_gibbs` sets here what the patched step uses when the caller does not say:
 #: the scan on a GPU, the sequential filter on a CPU at every size
-#: (:func:`kpms_job.memory.location_uses_scan`: the scan's batched LU deadlocks XLA:CPU).
+#: (:func:`kpms_job.memory.kalman_scan_allowed`: the scan's batched LU deadlocks XLA:CPU).
 LOCATION_KALMAN = {"parallel_message_passing": True}
 
 
@@ -689,68 +689,54 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     else:
         drop_snapshots_after(path, start_iter)
     model = _steady(model)
-    LOCATION_KALMAN["parallel_message_passing"] = location_uses_scan(int(np.size(data["mask"])),
-                                                                    jax.default_backend())
-    if parallel_message_passing and not kalman_scan_allowed(jax.default_backend()):
+    scan_allowed = kalman_scan_allowed(jax.default_backend())
+    LOCATION_KALMAN["parallel_message_passing"] = scan_allowed
+    if parallel_message_passing and not scan_allowed:
         # the planner never asks for it on a CPU; a direct caller gets the safe filter too
         log.warning("parallel_message_passing=True is not used on a CPU (its batched LU deadlocks XLA:CPU)")
         parallel_message_passing = False
     it, done = start_iter, False
     last_plot = time.monotonic()
-    watchdog.fit_started(model_name)  # each iteration is progress; the first one includes the compile
-    try:
-        model, it, done = _gibbs_loop(model, data, path, project_dir, model_name, start_iter, num_iters, ar_only,
-                                      save_every, fps, parallel_message_passing, on_iteration, should_stop,
-                                      finished, on_nan, save_now, progress_plots, last_plot)
-    finally:
-        watchdog.fit_ended()
-    return model, it, done
-
-
-def _gibbs_loop(model, data, path, project_dir, model_name, start_iter, num_iters, ar_only, save_every, fps,
-                parallel_message_passing, on_iteration, should_stop, finished, on_nan, save_now, progress_plots,
-                last_plot):
-    """The iterations of :func:`run_gibbs`."""
-    it, done = start_iter, False
-    for it in range(start_iter + 1, num_iters + 1):
-        try:
-            faults.point(f"resample:{model_name}:{it}")
-            new = keypoint_slds.resample_model(
-                data, **model, ar_only=ar_only, jitter=1e-3,
-                parallel_message_passing=parallel_message_passing)
-        except RuntimeError as exc:
-            if "RESOURCE_EXHAUSTED" in str(exc):
-                raise FitOutOfMemory(str(exc).splitlines()[0]) from exc
-            raise
-        any_nans, _, messages = check_for_nans(new)
-        if any_nans:
-            replacement = on_nan(it, model) if on_nan is not None else None
-            if replacement is None:
-                raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages))
-            log.warning("%s: NaNs at iteration %d; continuing from the previous state", model_name, it)
-            new = replacement
-        elif on_iteration is not None:
-            new = on_iteration(it, new) or new
-        model = _steady(new)
-        watchdog.progress(f"iteration {it} of {model_name}", iteration=True)
-        faults.point(f"iter:{model_name}:{it}")
-        done = finished(it) if finished is not None else it == num_iters
-        stopping = bool(should_stop and should_stop()) and not done
-        if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
-            _save_snapshot(path, model, it)
-            watchdog.progress(f"snapshot {it} of {model_name} saved")
-            # a figure takes about a second: at the end, and at save points at most every 2 minutes
-            if progress_plots and not stopping and (done or (it % save_every == 0
-                                                            and time.monotonic() - last_plot >= 120)):
-                last_plot = time.monotonic()
-                try:
-                    with quiet():
-                        kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
-                                           savefig=True, fps=fps)
-                except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
-                    log.debug("progress plot failed: %s", exc)
-        if done or stopping:
-            break
+    with watchdog.fit(model_name):  # each iteration is progress; the first one includes the compile
+        for it in range(start_iter + 1, num_iters + 1):
+            try:
+                faults.point(f"resample:{model_name}:{it}")
+                new = keypoint_slds.resample_model(
+                    data, **model, ar_only=ar_only, jitter=1e-3,
+                    parallel_message_passing=parallel_message_passing)
+            except RuntimeError as exc:
+                if "RESOURCE_EXHAUSTED" in str(exc):
+                    raise FitOutOfMemory(str(exc).splitlines()[0]) from exc
+                raise
+            any_nans, _, messages = check_for_nans(new)
+            if any_nans:
+                replacement = on_nan(it, model) if on_nan is not None else None
+                if replacement is None:
+                    raise FitNaN(f"NaNs at iteration {it} of {model_name}: " + "; ".join(messages))
+                log.warning("%s: NaNs at iteration %d; continuing from the previous state", model_name, it)
+                new = replacement
+            elif on_iteration is not None:
+                new = on_iteration(it, new) or new
+            model = _steady(new)
+            watchdog.progress(f"iteration {it} of {model_name}", iteration=True)
+            faults.point(f"iter:{model_name}:{it}")
+            done = finished(it) if finished is not None else it == num_iters
+            stopping = bool(should_stop and should_stop()) and not done
+            if done or it % save_every == 0 or stopping or (save_now is not None and save_now(it)):
+                _save_snapshot(path, model, it)
+                watchdog.progress(f"snapshot {it} of {model_name} saved")
+                # a figure takes about a second: at the end, and at save points at most every 2 minutes
+                if progress_plots and not stopping and (done or (it % save_every == 0
+                                                                and time.monotonic() - last_plot >= 120)):
+                    last_plot = time.monotonic()
+                    try:
+                        with quiet():
+                            kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
+                                               savefig=True, fps=fps)
+                    except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
+                        log.debug("progress plot failed: %s", exc)
+            if done or stopping:
+                break
     return model, it, done
 
 

@@ -171,33 +171,29 @@ def features(shape: Shape) -> dict[str, float]:
 BATCHED = ("continuous", "discrete", "location", "scales")
 #: Steps with a ``.par`` (associative scan) and a ``.seq`` (sequential Kalman filter) term.
 KALMAN = ("continuous", "location")
-#: On XLA:CPU the job never uses the associative-scan Kalman sampler, at any size: neither for the
-#: centroid (``location``: jax-moseq's own step always takes the scan; the adapter's patch takes the
-#: sequential filter on a CPU) nor for the continuous states (:func:`ladder` offers only
-#: ``parallel_message_passing=False`` on a CPU, even when the manifest pins ``true``). Why: jaxlib
-#: 0.10.x runs every batched LAPACK call (``lapack_dgetrf_ffi``, ``lapack_dpotrf_ffi``, ...) through
-#: ``jax::ParallelBatchMap``, which queues the batch on XLA:CPU's intra-op pool and blocks on a
-#: ``BlockingCounter``; when as many such calls run at once as the pool has threads (2 on a 2-core
-#: machine), every pool thread waits for work only a pool thread could do: a deadlock at 0% CPU.
-#: The scan's ``vmap``-ed operator issues many independent batched LU decompositions (``jnp.linalg.solve``
-#: over all frames) that XLA may run concurrently (seen at 49,000 frames in 9 recordings, at 500,000
-#: and at 1,000,000 on 2 cores). The sequential filter has no LU at all: its Cholesky calls
-#: (batched over one ``mixed_map`` batch of sequences) follow each other inside a ``lax.scan``.
-#: ``--xla_cpu_multi_thread_eigen=false`` does not help (reproduced with 8 independent batched
-#: ``jnp.linalg.solve`` calls in one jitted function: it hangs with and without the flag, while the same
-#: calls chained one after another complete). Open-source jaxlib 0.11.1+ compiles that parallel path out.
-CPU_SCAN_MAX_FRAMES = 0
-
-
-def location_uses_scan(frames: int, backend: str) -> bool:
-    """Whether the centroid step uses jax-moseq's associative scan: on a GPU only (see
-    :data:`CPU_SCAN_MAX_FRAMES`; ``frames`` is kept for callers, it no longer matters)."""
-    return backend != "cpu" or int(frames) <= CPU_SCAN_MAX_FRAMES
-
-
 def kalman_scan_allowed(backend: str) -> bool:
-    """Whether ``parallel_message_passing=True`` (the associative scan) may be used on ``backend``."""
+    """Whether the associative-scan Kalman sampler (``parallel_message_passing=True``, and the
+    centroid step's own scan) may run on ``backend``: never on a CPU.
+
+    On XLA:CPU the job never uses the associative-scan Kalman sampler, at any size: neither for the
+    centroid (``location``: jax-moseq's own step always takes the scan; the adapter's patch takes the
+    sequential filter on a CPU) nor for the continuous states (:func:`ladder` offers only
+    ``parallel_message_passing=False`` on a CPU, even when the manifest pins ``true``). Why: jaxlib
+    0.10.x runs every batched LAPACK call (``lapack_dgetrf_ffi``, ``lapack_dpotrf_ffi``, ...) through
+    ``jax::ParallelBatchMap``, which queues the batch on XLA:CPU's intra-op pool and blocks on a
+    ``BlockingCounter``; when as many such calls run at once as the pool has threads (2 on a 2-core
+    machine), every pool thread waits for work only a pool thread could do: a deadlock at 0% CPU.
+    The scan's ``vmap``-ed operator issues many independent batched LU decompositions (``jnp.linalg.solve``
+    over all frames) that XLA may run concurrently (seen at 49,000 frames in 9 recordings, at 500,000
+    and at 1,000,000 on 2 cores). The sequential filter has no LU at all: its Cholesky calls
+    (batched over one ``mixed_map`` batch of sequences) follow each other inside a ``lax.scan``.
+    ``--xla_cpu_multi_thread_eigen=false`` does not help (reproduced with 8 independent batched
+    ``jnp.linalg.solve`` calls in one jitted function: it hangs with and without the flag, while the same
+    calls chained one after another complete). A third-party report (unverified) says jaxlib 0.11.1+ compiles that
+    parallel path out.
+    """
     return backend != "cpu"
+
 
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
@@ -268,7 +264,7 @@ def ladder(backend: str, segments: int, parallel="auto", mixed_map_iters="auto")
     value on every rung.
     """
     if not kalman_scan_allowed(backend):
-        pmps = [False]  # the scan's batched LU deadlocks XLA:CPU (CPU_SCAN_MAX_FRAMES), pinned or not
+        pmps = [False]  # the scan's batched LU deadlocks XLA:CPU (kalman_scan_allowed), pinned or not
     elif parallel == "auto":
         pmps = [True, False] if backend == "gpu" else [False]
     else:
@@ -336,7 +332,7 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
             if name == "continuous":
                 term += ".par" if setting.parallel_message_passing else ".seq"
             elif name == "location":
-                term += ".par" if location_uses_scan(frames, backend) else ".seq"
+                term += ".par" if kalman_scan_allowed(backend) else ".seq"
             steps[name] = batched_bytes(term, shape, setting.mixed_map_iters, coeffs)
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames

@@ -1,7 +1,7 @@
 """Stall watchdog: a job that stops making progress says where, keeps its work and exits 76.
 
 Why: jaxlib's CPU LAPACK kernels can deadlock XLA:CPU's thread pool (see
-:data:`kpms_job.memory.CPU_SCAN_MAX_FRAMES`); a deadlocked process sits at 0% CPU forever and,
+:func:`kpms_job.memory.kalman_scan_allowed`); a deadlocked process sits at 0% CPU forever and,
 on a cluster, burns its whole allocation printing nothing. The job avoids the known cause, and
 this thread makes any other hang visible and bounded.
 
@@ -26,6 +26,7 @@ The newest snapshot stays on disk, so a rerun continues from it, like after an i
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -76,15 +77,17 @@ def progress(where: str, iteration: bool = False) -> None:
         _state["last"], _state["where"] = now, where
 
 
-def fit_started(name: str) -> None:
-    """A Gibbs chain starts (or resumes) in this process: its iteration times are not known yet."""
+@contextlib.contextmanager
+def fit(name: str):
+    """A Gibbs chain runs (or resumes) in this process: its iteration times are not known yet,
+    and its iterations (reported with ``progress(..., iteration=True)``) time it."""
     with _mutex:
         _state.update(fit=name, fit_iters=0, slowest=None, last=time.monotonic(), where=f"fit-start:{name}")
-
-
-def fit_ended() -> None:
-    with _mutex:
-        _state.update(fit=None, fit_iters=0, slowest=None, last=time.monotonic())
+    try:
+        yield
+    finally:
+        with _mutex:
+            _state.update(fit=None, fit_iters=0, slowest=None, last=time.monotonic())
 
 
 def allowance() -> tuple[float, str]:
