@@ -12,9 +12,9 @@ import logging
 import math
 
 from .manifest import tuning_settings
-from .stages.fit_arhmm import initial_model
-from .stages.fit_full import from_arhmm
+from .stages.arhmm import initial_model
 from .stages.fitting import fit_chain
+from .stages.full_model import from_arhmm
 from .state import fingerprint
 from .tuning import KappaTuner, TunerConfig
 
