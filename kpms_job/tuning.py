@@ -30,6 +30,14 @@ What real chains do, and how the search copes:
   than ``bracket_memory`` iterations ago stops bounding the search, and a base from which a
   probe at no more than the base's own kappa came back too long (it was already lengthening)
   is dropped for the base before it.
+- Ageing. A full model started from the AR-HMM's state lengthens its syllables as it ages, at
+  every kappa probed (18 x 2,330 frames: 300 ms to 467 ms in 80 iterations, 500 ms 100 later),
+  so a young probe in the window says little about the model delivered, which must stay in the
+  window ``drift_horizon`` more iterations. A steady drift (``drift_windows`` check windows in a
+  row moving one way) is extrapolated, never further than it was watched, and the duration is
+  judged halfway to where it heads. Once a measurement has been held, corrections keep the
+  chain (a restart would be young and drift again, while the chain's own drift slows as it
+  settles), except a second correction the same way, which shows the chain did not follow.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
   from a clean start when it had to go down, or when the budget is spent. (An earlier rule
@@ -79,6 +87,10 @@ class TunerConfig:
     # median (ms) of the state the chain starts from, when it was measured (the full model starts
     # from the tuned AR-HMM's last state); a start not above the window is a clean base to probe from
     start_ms: float | None = None
+    # iterations the final model must stay in the window after the chain ends: a duration that
+    # drifts steadily at one kappa is judged where it is heading, not where it is (0: off)
+    drift_horizon: int = 0
+    drift_windows: int = 3  # check windows in a row, moving one way, that make a drift
 
 
 def _ls_slope(points) -> float:
@@ -124,6 +136,8 @@ class KappaTuner:
     # a base), so its measurement is this kappa's own response, not the memory of another kappa
     clean: bool = field(default=True, init=False)
     clean_points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
+    settled: bool = field(default=False, init=False)  # some measurement was accepted and held
+    kept: int = field(default=0, init=False)  # direction (+1 up, -1 down) of the last correction that kept the chain
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -194,6 +208,40 @@ class KappaTuner:
             return None
         return 10 ** (sum(math.log10(v) for v in vals) / len(vals))
 
+    def _window_means(self, iteration: int) -> list:
+        """(centre iteration, mean log10 median) of each whole check window since this kappa settled."""
+        first = self.changed_at + self.cfg.settle
+        out = []
+        end = iteration
+        while end - self.cfg.check_every >= first:
+            vals = [m for i, m in self.medians if end - self.cfg.check_every < i <= end]
+            if not vals or any(v is None or v <= 0 for v in vals):
+                break
+            out.append((end - 0.5 * self.cfg.check_every, sum(math.log10(v) for v in vals) / len(vals)))
+            end -= self.cfg.check_every
+        return out[::-1]
+
+    def _drift(self, iteration: int) -> float:
+        """Decades the duration is heading to move within ``drift_horizon`` more iterations (0: none seen).
+
+        A drift is ``drift_windows`` check windows in a row at this kappa, each mean further the
+        same way (a wandering chain rarely does that; a young full model lengthening its syllables
+        does it for a hundred iterations: 300 to 467 ms on 42k frames, at every kappa probed). It
+        is extrapolated at its average rate, but never over more iterations than it was seen for:
+        drifts slow down as the chain settles.
+        """
+        if self.cfg.drift_horizon <= 0:
+            return 0.0
+        means = self._window_means(iteration)[-self.cfg.drift_windows:]
+        if len(means) < max(2, self.cfg.drift_windows):
+            return 0.0
+        steps = [b[1] - a[1] for a, b in zip(means, means[1:], strict=False)]
+        if not (all(d > 0 for d in steps) or all(d < 0 for d in steps)):
+            return 0.0
+        rate = (means[-1][1] - means[0][1]) / (means[-1][0] - means[0][0])
+        seen = iteration - self.changed_at
+        return rate * min(self.cfg.drift_horizon, seen)
+
     def _slope(self, too_long: bool = False) -> float:
         """d log10 duration / d log10 kappa from the measured points, or the prior.
 
@@ -248,19 +296,23 @@ class KappaTuner:
         self.points.append((lk, math.log10(measured)))
         if self.clean:
             self.clean_points.append((lk, math.log10(measured)))
-        inside = self.accepted(measured)
+        drift = self._drift(iteration)
+        heading = 10 ** (math.log10(measured) + drift)
+        # judged halfway along where it is heading: the whole stretch, now to horizon, is what must fit
+        judged = 10 ** (math.log10(measured) + 0.5 * drift)
+        inside = self.accepted(measured) and self.in_window(heading)
         # inside the window, at most max_nudges corrections toward the aim: where the response is
         # flat (real full models: 0.02 decades of duration per decade of kappa) more only spend budget
-        if inside and (self.frozen or self.on_target(measured) or self.nudges >= self.cfg.max_nudges
+        if inside and (self.frozen or self.on_target(judged) or self.nudges >= self.cfg.max_nudges
                        or not self._has_budget(iteration)):
-            self.frozen = True
-            self._note(iteration, measured, "hold")
+            self.frozen = self.settled = True
+            self._note(iteration, measured, "hold", drift)
             return None
         self.nudges = self.nudges + 1 if inside else 0
         if not self._has_budget(iteration):
-            self._note(iteration, measured, "hold (no budget left)")
+            self._note(iteration, measured, "hold (no budget left)", drift)
             return None
-        too_short = math.log10(measured) < self.center
+        too_short = math.log10(judged) < self.center
         # a chain drifts: what a kappa did bracket_memory iterations ago no longer bounds the search
         # (real data: a probe measured 384 ms at kappa 7.8e5; 35 iterations later the chain sat at
         # 245-271 ms at 2.5e5..6.7e5 and bisection toward that stale side used up the budget)
@@ -288,7 +340,7 @@ class KappaTuner:
                 self.high_k = None
             else:
                 self.low_k = None
-        step = (self.center - math.log10(measured)) / self._slope(too_long=not too_short)
+        step = (self.center - math.log10(judged)) / self._slope(too_long=not too_short)
         limit = 0.5 if inside else self.cfg.max_step  # inside the window: nudge toward the centre
         step = max(-limit, min(limit, step))
         new = lk + step
@@ -304,13 +356,23 @@ class KappaTuner:
         # a chain that must shorten its syllables goes back to the base (a state measured short,
         # or the start) when there is one: a continuing chain shortens them only slowly, so its
         # measurements would say more about its past than about the new kappa (hysteresis)
-        rollback = ((self.cfg.restart_probes or not too_short)
+        # a correction for drift alone (the duration is in the window, heading out) keeps the chain:
+        # a probe from the start would be young again and drift the same way, while the chain's
+        # own drift slows as it settles
+        direction = -1 if not too_short else 1
+        keep = (self.cfg.drift_horizon > 0 and (self.accepted(measured) or self.settled)
+                and self.kept != direction)
+        rollback = ((self.cfg.restart_probes or not too_short) and not keep
                     and self.base_iter is not None and self.base_iter != iteration)
+        # a kept chain that needs a second correction the same way did not follow the first
+        self.kept = direction if keep else 0
         what = "rollback, " if rollback else ""
-        self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}")
+        self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}", drift)
         return self._move(10 ** new, iteration, rollback)
 
-    def _note(self, iteration: int, measured: float, action: str) -> None:
+    def _note(self, iteration: int, measured: float, action: str, drift: float = 0.0) -> None:
+        if drift:
+            action += f" (drifting toward {10 ** (math.log10(measured) + drift):.0f} ms)"
         self.checks.append(Check(iteration, self.kappa, measured, self.in_window(measured), action))
 
     def _has_budget(self, iteration: int) -> bool:

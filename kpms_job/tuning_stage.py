@@ -153,9 +153,10 @@ def run_full(ctx):
     # neither direction (open-field: 233-275 ms while kappa rose from 2.5e6 to 2e11), while the
     # first iterations from the AR-HMM's state do; so the probes measure one response curve
     cfg = dataclasses.replace(_config(ctx, start, iters, ts["full_budget"],
-                                      start_ms=arhmm.get("median_duration_ms")), restart_probes=True)
+                                      start_ms=arhmm.get("median_duration_ms")), restart_probes=True,
+                              drift_horizon=int(ts["stability_iters"]))
     key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, cfg.start_ms,
-                      "full-tuned-3")
+                      "full-tuned-4")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
                                  lambda: from_arhmm(ctx, start), ar_only=False)
     A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))

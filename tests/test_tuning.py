@@ -57,10 +57,17 @@ def drive_with_memory(tuner, target, start_ms, shrink, seed):
 
 
 def test_chain_with_memory_rolls_back_instead_of_waiting_for_long_syllables_to_shrink():
-    """Real chains: durations rise fast with kappa but fall only slowly (measured on real data)."""
+    """Real chains: durations rise fast with kappa but fall only slowly (measured on real data).
+    The response is steeper than the tuner's prior, so its first step up overshoots above the
+    window; a continuing chain would then need hundreds of iterations to shrink back."""
     t = KappaTuner(make_cfg(kappa0=1e6, iters=200, budget=1.3))
-    final, last = drive_with_memory(t, power_law(1e8, slope=0.2), start_ms=100.0, shrink=0.01, seed=1)
+    final, last = drive_with_memory(t, power_law(1e8, slope=0.6), start_ms=100.0, shrink=0.002, seed=1)
+    rollbacks = [c for c in t.checks if c.action.startswith("rollback")]
+    assert rollbacks, [c.as_dict() for c in t.checks]
     assert t.in_window(final), t.report(final)["verdict"]
+    # kappa's own response is in the window (7.7e7..1.25e8), not a kappa decades below it at which
+    # the long syllables were still shrinking through the window (the model would go on shrinking)
+    assert 5e7 <= t.kappa <= 2e8, t.kappa
     assert last <= 260
 
 
@@ -151,14 +158,16 @@ def test_saturating_response_gives_up_with_a_plain_verdict():
 
 
 def test_nan_fits_step_back_toward_the_last_kappa_that_worked():
+    """Above kappa 1e11 every fit is NaN; the chain starts there, must see NaN and step back."""
     base = power_law(1e9, slope=0.3)
 
     def f(kappa, it, rng):
         return None if kappa > 1e11 else base(kappa, it, rng)
 
-    t = KappaTuner(make_cfg(kappa0=1e4))
+    t = KappaTuner(make_cfg(kappa0=1e13))
     final, _ = drive(t, f)
-    assert any(a["median_ms"] is None for a in t.report(final)["attempts"]) or t.in_window(final)
+    attempts = t.report(final)["attempts"]
+    assert attempts[0]["median_ms"] is None and attempts[0]["kappa"] == 1e13
     assert t.kappa <= 1e11
     assert t.in_window(final), t.report(final)["verdict"]
 
@@ -339,4 +348,58 @@ def test_full_model_probes_every_kappa_from_the_start_when_a_settled_chain_stops
     final, last = drive_settling(t, k_ref=1e9, slope=0.1, start_ms=300.0, seed=seed)
     rep = t.report(final)
     assert rep["in_window"], rep["verdict"]
+    assert last <= 260
+
+
+def drive_ageing(tuner, slope, seed, horizon=100):
+    """A full model whose syllables lengthen as it ages from the AR-HMM's state, at any kappa
+    (real data, 18 x 2,330 frames: from 300 ms to 467 ms in 80 iterations, 500 ms 100 later,
+    while kappa fell 1.2 decades): log duration = kappa's effect + a drift that slows with the
+    chain's age. A rollback restarts the age; the noise repeats by age (the snapshot's random
+    key). Returns (final ms, last iteration, ms ``horizon`` iterations later)."""
+    rng = random.Random(seed)
+    noise = [rng.gauss(0, 0.02) for _ in range(tuner.cfg.max_iters + horizon + 1)]
+
+    def ms(kappa, age):
+        lv = math.log10(330.0) + slope * math.log10(kappa / 1.78e5) + 0.23 * (1 - math.exp(-age / 80.0))
+        return quantise(10 ** (lv + noise[age]))
+
+    age, final, it = 0, None, 0
+    for it in range(1, tuner.cfg.max_iters + 1):
+        age += 1
+        final = ms(tuner.kappa, age)
+        tuner.observe(it, final)
+        if tuner.rollback is not None:
+            age = 0
+        if tuner.done(it):
+            break
+    return final, it, ms(tuner.kappa, age + horizon)
+
+
+@pytest.mark.parametrize("slope", [0.1, 0.25])
+def test_full_model_that_lengthens_as_it_ages_is_judged_where_it_is_heading(slope):
+    """Judged where it is (drift_horizon 0) this chain ends in the window and leaves it 100
+    iterations later on every seed; judged where it heads, it stays on most."""
+    stays = 0
+    for seed in range(3):
+        t = KappaTuner(make_cfg(kappa0=1.78e5, start_ms=300.0, fixed_iters=50, restart_probes=True,
+                                drift_horizon=100))
+        final, last, later = drive_ageing(t, slope, seed)
+        assert last <= 260
+        stays += t.in_window(final) and 300 <= later <= 400
+        assert any("drifting" in c.action for c in t.checks)
+    assert stays >= 2, stays
+
+
+@pytest.mark.parametrize("k_ref,slope,up,kappa0", [(7.5e4, 0.02, 0.15, 1.2e11), (1e6, 0.1, 0.07, 1e11),
+                                                    (1e3, 0.25, 0.07, 1e8), (1e9, 0.1, 0.15, 1e7)])
+@pytest.mark.parametrize("seed", range(2))
+def test_drift_judging_still_lands_chains_with_hysteresis(k_ref, slope, up, kappa0, seed):
+    """The full model's settings (probes from the start, drift judged) on the hysteresis chains."""
+    t = KappaTuner(make_cfg(kappa0=kappa0, start_ms=300.0, fixed_iters=50, restart_probes=True,
+                            drift_horizon=100))
+    chain = hysteresis_chain(k_ref=k_ref, ms_ref=350.0, slope=slope, up=up, down=up / 20)
+    final, last, later = drive_hysteresis(t, chain, 300.0, seed)
+    assert t.report(final)["in_window"], t.report(final)["verdict"]
+    assert 300 <= later <= 400, f"left the window 100 iterations later: {later:.0f} ms"
     assert last <= 260
