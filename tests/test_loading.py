@@ -112,6 +112,8 @@ def analysis_tracks(path: Path):
         return f["tracks"][()], [n.decode() for n in f["node_names"][()]]
 
 
+SLEAP_ANALYSIS = TEST_DATA / "sleap_analysis"
+NWB = TEST_DATA / "nwb"
 DEEPOF_NODES = ["Nose", "Left_ear", "Right_ear", "Spine_1", "Center", "Spine_2", "Tail_base", "Tail_1",
                 "Tail_2", "Tail_tip", "Left_fhip", "Right_fhip", "Left_bhip", "Right_bhip"]
 
@@ -126,28 +128,44 @@ def test_sleap_slp(adapter):
     # SLEAP scores are float32; the model needs every array in 64 bits (else init_model refuses)
     data, _ = adapter.format_data(coords, confs, {"bodyparts": bodyparts, "use_bodyparts": bodyparts})
     assert {str(np.asarray(v).dtype) for v in data.values()} == {"float64"}
-    analysis = SHARED_DATA / "deepof" / "testDLC_sleap.analysis.h5"
-    if not analysis.is_file():
-        pytest.skip("../shared/data is absent: the .slp is not compared with its analysis file")
-    tracks, nodes = analysis_tracks(analysis)
+    tracks, nodes = analysis_tracks(SLEAP_ANALYSIS / "testDLC_sleap.analysis.h5")  # the same predictions
     for i, bp in enumerate(bodyparts):
         np.testing.assert_array_equal(xy[:, i, 0], tracks[0, 0, nodes.index(bp)], err_msg=bp)
         np.testing.assert_array_equal(xy[:, i, 1], tracks[0, 1, nodes.index(bp)], err_msg=bp)
 
 
 @pytest.mark.parametrize("path", [
+    local(SLEAP_ANALYSIS / "testDLC_sleap.analysis.h5"),
+    local(SLEAP_ANALYSIS / "flies_first200.analysis.h5"),  # two tracks, no point_scores
     shared("deepof/testDLC_sleap.analysis.h5"),
     shared("sleap/predictions.slp"),  # two flies: one recording per track
 ])
 def test_sleap_matches_the_analysis_tracks(adapter, path):
-    coords, _, bodyparts = adapter.load_file(str(path), "sleap", ["single"])
-    tracks, nodes = analysis_tracks(path.with_suffix(".analysis.h5") if path.suffix == ".slp" else path)
+    coords, confs, bodyparts = adapter.load_file(str(path), "sleap", ["single"])
+    analysis = path.with_suffix(".analysis.h5") if path.suffix == ".slp" else path
+    tracks, nodes = analysis_tracks(analysis)
+    with h5py.File(analysis, "r") as f:
+        scores = f["point_scores"][()] if "point_scores" in f else None
+    assert sorted(bodyparts) == sorted(nodes)
     names = sorted(coords)
     assert len(names) == tracks.shape[0]
+    if len(names) > 1:
+        assert names == [f"{path.stem}_track{t}" for t in range(len(names))]
     for t, name in enumerate(names):
+        assert coords[name].shape == (tracks.shape[-1], len(nodes), 2)
         for i, bp in enumerate(bodyparts):
-            np.testing.assert_array_equal(coords[name][:, i, 0], tracks[t, 0, nodes.index(bp)], err_msg=bp)
-            np.testing.assert_array_equal(coords[name][:, i, 1], tracks[t, 1, nodes.index(bp)], err_msg=bp)
+            j = nodes.index(bp)
+            np.testing.assert_array_equal(coords[name][:, i, 0], tracks[t, 0, j], err_msg=bp)
+            np.testing.assert_array_equal(coords[name][:, i, 1], tracks[t, 1, j], err_msg=bp)
+            if path.suffix == ".slp":
+                continue
+            if scores is None:  # an older SLEAP's file: present points count as certain, missing ones not
+                present = ~np.isnan(tracks[t, :, j]).any(axis=0)
+                np.testing.assert_array_equal(confs[name][:, i], present.astype(float), err_msg=bp)
+            else:
+                np.testing.assert_array_equal(confs[name][:, i], scores[t, j], err_msg=bp)
+    if scores is None and path.suffix != ".slp":  # the fallback is exercised: the cut keeps frames where a fly's point is missing
+        assert any((confs[n] == 0).any() and (confs[n] == 1).any() for n in names)
 
 
 def nwb_series(path: Path) -> dict:
@@ -163,6 +181,9 @@ def nwb_series(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("path", [
+    local(NWB / "openfield_first300.nwb"),  # ndx-pose 0.1.1: bodyparts in PoseEstimation.nodes
+    local(NWB / "openfield_first300_noskeleton.nwb"),  # no nodes, no Skeleton: keypoint-moseq raises
+    local(NWB / "0.3.0_poseestimation_one_camera.nwb"),  # ndx-pose 0.3.0: a Skeletons container
     shared("ethome/sample_nwb_.nwb"),
     shared("VAME/tests_project_sample_nwb/cropped_video.nwb"),  # no Skeleton: keypoint-moseq raises
 ])
@@ -176,6 +197,25 @@ def test_nwb(adapter, path):
         np.testing.assert_array_equal(xy[:, i], data, err_msg=bp)
         np.testing.assert_array_equal(conf[:, i], np.ones(len(data)) if confidence is None else confidence,
                                       err_msg=bp)
+
+
+def test_nwb_without_skeleton_reads_the_same_poses_as_with_one(adapter, caplog):
+    """The fallback for a PoseEstimation with neither nodes nor a Skeleton: the same series, by name."""
+    coords, confs, bodyparts = adapter.load_file(str(NWB / "openfield_first300.nwb"), "nwb", ["single"])
+    assert bodyparts == ["ind1_snout", "ind1_leftear", "ind1_rightear", "ind1_tailbase"]  # the nodes' order
+    with caplog.at_level("INFO", logger="kpms_job"):
+        bare, bare_confs, bare_parts = adapter.load_file(str(NWB / "openfield_first300_noskeleton.nwb"), "nwb",
+                                                         ["single"])
+    assert "has no Skeleton" in caplog.text  # it went through the fallback, not keypoint-moseq's reader
+    assert sorted(bare_parts) == sorted(bodyparts) and list(bare) == ["openfield_first300_noskeleton"]
+    xy, conf = coords["openfield_first300"], confs["openfield_first300"]
+    bare_xy, bare_conf = bare["openfield_first300_noskeleton"], bare_confs["openfield_first300_noskeleton"]
+    assert bare_xy.shape == xy.shape == (300, 4, 2)
+    for i, bp in enumerate(bare_parts):
+        np.testing.assert_array_equal(bare_xy[:, i], xy[:, bodyparts.index(bp)], err_msg=bp)
+        np.testing.assert_array_equal(bare_conf[:, i], conf[:, bodyparts.index(bp)], err_msg=bp)
+    assert 0.5 < conf.min() and conf.max() <= 1  # real DeepLabCut likelihoods, not the default of 1
+    assert np.isfinite(xy).all() and 0 < xy.min() and xy.max() < 640
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent (a fresh clone)")
@@ -211,6 +251,13 @@ def test_ingest_puts_recordings_with_another_bodypart_order_into_the_first_files
     for i, bp in enumerate(bodyparts):
         np.testing.assert_array_equal(coords["b"][:, i, 0], 2.0 * dlc_values(df, bp, "x"), err_msg=bp)
         np.testing.assert_array_equal(confs["b"][:, i], 2.0 * dlc_values(df, bp, "likelihood"), err_msg=bp)
+
+
+def test_ingest_puts_nwb_files_with_and_without_a_skeleton_into_one_bodypart_order(adapter, tmp_path):
+    coords, _, bodyparts, _ = _ingest_load(tmp_path, "nwb", [NWB / "openfield_first300*.nwb"])
+    assert bodyparts == ["ind1_snout", "ind1_leftear", "ind1_rightear", "ind1_tailbase"]
+    assert sorted(coords) == ["openfield_first300", "openfield_first300_noskeleton"]
+    np.testing.assert_array_equal(coords["openfield_first300_noskeleton"], coords["openfield_first300"])
 
 
 def test_ingest_reads_all_individuals_of_a_multi_animal_file(adapter, tmp_path):
