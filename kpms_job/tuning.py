@@ -35,9 +35,10 @@ What real chains do, and how the search copes:
   so a young probe in the window says little about the model delivered, which must stay in the
   window ``drift_horizon`` more iterations. A steady drift (``drift_windows`` check windows in a
   row moving one way) is extrapolated, never further than it was watched, and the duration is
-  judged halfway to where it heads. Once a measurement has been held, corrections keep the
-  chain (a restart would be young and drift again, while the chain's own drift slows as it
-  settles), except a second correction the same way, which shows the chain did not follow.
+  judged halfway to where it heads. A correction of a chain that is in the window, or has
+  drifted (not jumped: within half the window's width) out of it after a measurement was held,
+  keeps the chain: a restart would be young and drift again, while the chain's own drift slows
+  as it settles. A second such correction the same way restarts: the chain did not follow.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
   from a clean start when it had to go down, or when the budget is spent. (An earlier rule
@@ -166,6 +167,11 @@ class KappaTuner:
         """In the band around the aim (the whole window when aiming at its centre)."""
         return (ms is not None and self.in_window(ms)
                 and abs(math.log10(ms) - self.center) <= self._half_band() + 1e-12)
+
+    def _near_window(self, ms: float) -> bool:
+        """Within half the window's width (log scale) of it: drifted out, not jumped out."""
+        lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
+        return lo - 0.5 * (hi - lo) <= math.log10(ms) <= hi + 0.5 * (hi - lo)
 
     def on_target(self, ms: float) -> bool:
         return abs(math.log10(ms) - self.center) <= self.cfg.band * self._half_band()
@@ -360,8 +366,8 @@ class KappaTuner:
         # a probe from the start would be young again and drift the same way, while the chain's
         # own drift slows as it settles
         direction = -1 if not too_short else 1
-        keep = (self.cfg.drift_horizon > 0 and (self.accepted(measured) or self.settled)
-                and self.kept != direction)
+        keep = (self.cfg.drift_horizon > 0 and self.kept != direction
+                and (self.accepted(measured) or (self.settled and self._near_window(measured))))
         rollback = ((self.cfg.restart_probes or not too_short) and not keep
                     and self.base_iter is not None and self.base_iter != iteration)
         # a kept chain that needs a second correction the same way did not follow the first
