@@ -1,9 +1,13 @@
 """The ordered stages and the runner that skips what is done.
 
-Deciding what to run needs no keypoint-moseq or JAX import: a stage's fingerprint
-is a hash of the manifest sections it reads, the fingerprints of the stages it
-depends on, the package versions, and (for ingest) the input files' content.
-Stage modules are imported only when a stage actually runs.
+Each stage module in ``kpms_job/stages/`` (named as its stage) declares next to its code
+``TITLE``, ``DEPS`` (the stages whose outputs it uses), ``READS`` (the manifest fields its
+outputs depend on; ``READS_TUNED`` in their place when kappa tuning is on, for a stage that
+reads other fields then) and ``OUTPUTS`` (paths in the project dir, ``{model}`` for the model
+name). A stage's fingerprint is a hash of those fields, named and with their values, the
+fingerprints of its dependencies, the package versions, and (for ingest) the input files'
+content. Deciding what to run imports no keypoint-moseq or JAX: stage modules import them only
+when they run.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import ModuleType
 
 from . import __version__, faults, inputs, watchdog
+from .manifest import tuning_settings
 from .state import JobState, fingerprint, hash_file, output_error
 
 log = logging.getLogger("kpms_job")
+
+ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary")
 
 
 def package_versions() -> dict:
@@ -34,52 +42,56 @@ def package_versions() -> dict:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
+    """A stage as its module declares it."""
+
     name: str
-    module: str
+    module: ModuleType
     deps: tuple
-    reads: callable  # manifest -> the part of it this stage depends on
+    reads: tuple
+    reads_tuned: tuple
+    outputs: tuple
     title: str
 
+    @classmethod
+    def declared(cls, name: str) -> Stage:
+        mod = importlib.import_module(f"{__package__}.stages.{name}")
+        reads = tuple(mod.READS)
+        return cls(name, mod, tuple(mod.DEPS), reads, tuple(getattr(mod, "READS_TUNED", reads)),
+                   tuple(mod.OUTPUTS), mod.TITLE)
 
-def _pick(m, *keys):
-    return {k: m.get(k) for k in keys}
+    def fields(self, m: dict) -> tuple:
+        """The manifest fields this stage reads for manifest ``m``."""
+        return self.reads_tuned if tuning_settings(m) is not None else self.reads
+
+    def output_paths(self, m: dict) -> list:
+        return [o.format(model=m["model"]["name"]) for o in self.outputs]
 
 
-STAGES = [
-    Stage("ingest", "kpms_job.stages.ingest", (),
-          lambda m: {"inputs": {k: v for k, v in m["inputs"].items() if k not in ("paths", "videos")},
-                     "bodyparts": m["bodyparts"], "fps": m["fps"],
-                     "pre": {k: v for k, v in m["preprocessing"].items() if k != "outlier_scale_factor"},
-                     "model": {k: m["model"][k] for k in ("num_states", "seed")}},
-          "load recordings, QA, project config"),
-    Stage("outliers", "kpms_job.stages.outliers", ("ingest",),
-          lambda m: {"scale": m["preprocessing"]["outlier_scale_factor"]},
-          "outlier removal and QA plots"),
-    Stage("pca", "kpms_job.stages.pca", ("outliers",), lambda m: m["pca"],
-          "PCA, scree and PC figures"),
-    Stage("arhmm", "kpms_job.stages.arhmm", ("pca",),
-          lambda m: {"model": m["model"], "iters": m["fitting"]["arhmm_iters"],
-                     "tuning": m.get("tuning"), "targets": m["targets"],
-                     "save_every": m["fitting"]["save_every"]},
-          "AR-HMM fit"),
-    Stage("full_model", "kpms_job.stages.full_model", ("arhmm",),
-          lambda m: {"model": m["model"], "iters": m["fitting"]["full_iters"],
-                     "tuning": m.get("tuning"), "targets": m["targets"],
-                     "save_every": m["fitting"]["save_every"]},
-          "full keypoint-SLDS fit"),
-    Stage("reindex", "kpms_job.stages.reindex", ("full_model",), lambda m: {},
-          "reindex syllables by frequency"),
-    Stage("results", "kpms_job.stages.results", ("reindex",), lambda m: {"csv": m["outputs"]["csv"]},
-          "results.h5 and per-recording CSVs"),
-    Stage("figures", "kpms_job.stages.figures", ("results",),
-          lambda m: {"outputs": m["outputs"], "videos": m["inputs"].get("videos"),
-                     "skeleton": m["bodyparts"]["skeleton"]},
-          "syllable figures and grid movies"),
-    Stage("summary", "kpms_job.stages.summary", ("figures",), lambda m: {"targets": m["targets"]},
-          "summary.json and summary.md"),
-]
+def manifest_field(m: dict, path: str):
+    """The value of field ``path`` ("model.kappa") in a loaded manifest. ``tuning.*`` are the
+    tuning settings with their defaults (None when tuning is off): ``tuning: {}`` and
+    ``tuning: {check_every: 10}`` are one setting."""
+    section, _, rest = path.partition(".")
+    if section == "tuning":
+        return (tuning_settings(m) or {}).get(rest)
+    value = m[section]
+    for part in rest.split(".") if rest else ():
+        value = value[part]
+    return value
+
+
+def _declared_stages() -> list[Stage]:
+    stages = [Stage.declared(n) for n in ORDER]
+    for i, st in enumerate(stages):
+        later = [d for d in st.deps if d not in ORDER[:i]]
+        if later:
+            raise ImportError(f"stage {st.name} depends on {later}, which do not run before it")
+    return stages
+
+
+STAGES = _declared_stages()
 BY_NAME = {s.name: s for s in STAGES}
 
 
@@ -111,7 +123,7 @@ def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision
     decisions = []
     for st in STAGES:
         parts = {
-            "manifest": fingerprint(st.reads(m)),
+            "manifest": fingerprint({f: manifest_field(m, f) for f in st.fields(m)}),
             "upstream": fingerprint([out[d].fingerprint for d in st.deps]),
             "versions": fingerprint(versions),
         }
@@ -156,6 +168,8 @@ class Context:
         self.cache: dict = {}
         self.stop = stop  # callable -> bool: a graceful stop was requested
         self.fingerprints: dict = {}
+        self.stage_names = list(ORDER)
+        self.versions = package_versions()
 
     @property
     def work_dir(self) -> Path:
@@ -217,14 +231,18 @@ def run(m: dict, state: JobState, stop=None) -> dict:
         watchdog.progress(f"stage-start:{st.name}")
         faults.point(f"stage-start:{st.name}")
         t0 = time.monotonic()
-        module = importlib.import_module(st.module)
         try:
-            info = module.run(ctx) or {}
+            info = st.module.run(ctx) or {}
         except OSError as exc:
             out = _as_output_error(exc, st.name, ctx.project_dir)
             if out is None:
                 raise
             raise out from exc
+        declared = st.output_paths(m)
+        undeclared = [o for o in info.setdefault("outputs", declared) if o not in declared]
+        if undeclared:  # the declaration is what a rerun checks for: it must name them
+            raise RuntimeError(f"stage {st.name} wrote {undeclared}, which kpms_job/stages/{st.name}.py "
+                               "does not declare in OUTPUTS")
         info["_parts"] = d.parts
         faults.point(f"stage-end:{st.name}")
         seconds = time.monotonic() - t0

@@ -14,7 +14,7 @@ import math
 from .manifest import tuning_settings
 from .stages.arhmm import initial_model
 from .stages.fitting import fit_chain
-from .stages.full_model import from_arhmm
+from .stages.full_model import arhmm_state, from_arhmm
 from .state import fingerprint
 from .tuning import KappaTuner, TunerConfig
 
@@ -131,7 +131,9 @@ def run_arhmm(ctx):
     # one at 280 ms it stayed at 280 ms), so the AR-HMM aims at the window's lower part and the
     # full model approaches the window from below, where kappa acts fast
     cfg = _config(ctx, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"], aim=ts["arhmm_aim"])
-    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"], ts, ctx.m["targets"], iters, "arhmm-tuned-2")
+    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"]["seed"], ctx.m["model"]["kappa"],
+                      {k: ts[k] for k in ("check_every", "fixed_fraction", "arhmm_aim", "arhmm_budget")},
+                      ctx.m["targets"]["median_duration_ms"], iters, "arhmm-tuned-3")
     model, report = _tuned_chain(ctx, ctx.arhmm_name, "AR-HMM", key, cfg,
                                  lambda: initial_model(ctx, cfg.kappa0), ar_only=True, measure_start=True)
     return {"kappa": report["final_kappa"], "iterations": report["iterations"],
@@ -155,8 +157,9 @@ def run_full(ctx):
     cfg = dataclasses.replace(_config(ctx, start, iters, ts["full_budget"],
                                       start_ms=arhmm.get("median_duration_ms")), restart_probes=True,
                               drift_horizon=int(ts["stability_iters"]))
-    key = fingerprint(ctx.fingerprints["arhmm"], ts, ctx.m["targets"], iters, start, cfg.start_ms,
-                      "full-tuned-4")
+    key = fingerprint(arhmm_state(ctx), {k: ts[k] for k in ("check_every", "fixed_fraction", "full_budget",
+                                                               "stability_iters")},
+                      ctx.m["targets"]["median_duration_ms"], iters, start, cfg.start_ms, "full-tuned-5")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
                                  lambda: from_arhmm(ctx, start), ar_only=False)
     A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))

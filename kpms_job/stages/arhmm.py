@@ -10,6 +10,14 @@ from .fitting import fit_chain
 
 log = logging.getLogger("kpms_job")
 
+TITLE = "AR-HMM fit"
+DEPS = ("ingest", "outliers", "pca")
+READS = ("model.name", "model.seed", "model.kappa", "fitting.arhmm_iters", "fitting.save_every")
+# tuned, kappa is where the search starts, and the window and the AR-HMM's search settings join in
+READS_TUNED = READS + ("targets.median_duration_ms", "tuning.check_every", "tuning.fixed_fraction",
+                       "tuning.arhmm_aim", "tuning.arhmm_budget")
+OUTPUTS = ("{model}_arhmm/checkpoint.h5", "{model}_arhmm/kappa_trace.png")
+
 
 def initial_model(ctx, kappa: float):
     from .. import kpms_adapter as A
@@ -32,7 +40,8 @@ def run(ctx):
         return tuning_stage.run_arhmm(ctx)
     kappa = float(ctx.m["model"]["kappa"])
     iters = ctx.m["fitting"]["arhmm_iters"]
-    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"], "arhmm-fixed")
+    # not the iterations: more of them continue the chain, fewer start it again (fit_chain)
+    key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"]["seed"], kappa, "arhmm-fixed-2")
     model, data, _ = fit_chain(ctx, ctx.arhmm_name, key, lambda: initial_model(ctx, kappa),
                                iters, ar_only=True, label="AR-HMM")
     median = A.median_duration_ms(model, data, ctx.fps)

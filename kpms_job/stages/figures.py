@@ -30,6 +30,11 @@ log = logging.getLogger("kpms_job")
 FIGURES = ("syllable_frequencies", "duration_distribution", "similarity_dendrogram")
 GiB = 2**30
 
+TITLE = "syllable figures and grid movies"
+DEPS = ("ingest", "outliers", "results")
+READS = ("model.name", "outputs.figures", "outputs.grid_movies", "inputs.videos")
+OUTPUTS = ()  # what was made is reported in the stage's info; a missing figure reruns nothing
+
 
 def _first_line(exc) -> str:
     text = str(exc).strip()
@@ -140,7 +145,7 @@ def run(ctx):
         except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
             failed[label] = _first_line(exc)
             log.warning("could not make %s: %s", label, failed[label])
-    return {"made": made, "failed": failed, "outputs": []}
+    return {"made": made, "failed": failed}
 
 
 if __name__ == "__main__":

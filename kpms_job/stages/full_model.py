@@ -9,12 +9,30 @@ from .fitting import fit_chain
 
 log = logging.getLogger("kpms_job")
 
+TITLE = "full keypoint-SLDS fit"
+DEPS = ("ingest", "arhmm")
+# model.kappa: model.full_kappa null means a tenth of it
+READS = ("model.name", "model.kappa", "model.full_kappa", "fitting.full_iters", "fitting.save_every")
+# tuned, the search starts from model.full_kappa or from the AR-HMM's kappa times full_kappa_ratio
+READS_TUNED = ("model.name", "model.full_kappa", "fitting.full_iters", "fitting.save_every",
+               "targets.median_duration_ms", "tuning.check_every", "tuning.fixed_fraction",
+               "tuning.full_budget", "tuning.full_kappa_ratio", "tuning.stability_iters")
+OUTPUTS = ("{model}/checkpoint.h5", "{model}/kappa_trace.png")
+
 
 def from_arhmm(ctx, kappa: float):
     from .. import kpms_adapter as A
 
     model, data, metadata, _ = A.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
     return A.set_kappa(model, kappa), data, metadata
+
+
+def arhmm_state(ctx) -> str:
+    """What identifies the AR-HMM state this chain starts from: the AR-HMM chain's key and the
+    iterations it ran. Its stage fingerprint would do too, but would also restart this chain for
+    what leaves that state alone (fitting.save_every, the model name)."""
+    chain = ctx.state.get("fits", {}).get(ctx.arhmm_name) or ctx.fingerprints["arhmm"]
+    return fingerprint(chain, ctx.info("arhmm").get("iterations"))
 
 
 def full_kappa(m) -> float:
@@ -32,7 +50,7 @@ def run(ctx):
         return tuning_stage.run_full(ctx)
     kappa = full_kappa(ctx.m)
     iters = ctx.m["fitting"]["full_iters"]
-    key = fingerprint(ctx.fingerprints["arhmm"], kappa, "full-fixed")
+    key = fingerprint(arhmm_state(ctx), kappa, "full-fixed-2")
     model, data, _ = fit_chain(ctx, ctx.model_name, key, lambda: from_arhmm(ctx, kappa),
                                iters, ar_only=False, label="full model")
     median = A.median_duration_ms(model, data, ctx.fps)

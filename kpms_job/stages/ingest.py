@@ -14,6 +14,18 @@ from . import arrays
 
 log = logging.getLogger("kpms_job")
 
+TITLE = "load recordings, QA, project config"
+DEPS = ()
+# inputs.paths and inputs.videos count by the files they name, by content and not by path
+# (pipeline.input_hashes): a project whose data are mounted elsewhere is still up to date.
+# model.kappa and preprocessing.outlier_scale_factor go into config.yml as starting values
+# only: the fits set their own kappa and the outliers stage passes and records its factor.
+READS = ("inputs.format", "inputs.exclude_individuals",
+         "bodyparts.use", "bodyparts.anterior", "bodyparts.posterior", "bodyparts.skeleton", "fps",
+         "preprocessing.conf_threshold", "preprocessing.max_nan_fraction", "preprocessing.min_frames",
+         "preprocessing.noise_calibration", "model.num_states", "model.seed")
+OUTPUTS = ("config.yml", ".kpms-job/keypoints.npz")
+
 
 def _load_all(m):
     from .. import kpms_adapter as A
@@ -156,5 +168,4 @@ def run(ctx):
              len(kept), total, len(use), fps, fps_source)
     return {"recordings": recordings, "used": kept, "excluded": excluded, "bodyparts": bodyparts,
             "use_bodyparts": use, "anterior": anterior, "posterior": posterior, "fps": fps,
-            "fps_source": fps_source, "frames": total,
-            "outputs": ["config.yml", ".kpms-job/keypoints.npz"]}
+            "fps_source": fps_source, "frames": total}

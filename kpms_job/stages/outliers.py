@@ -6,17 +6,22 @@ import numpy as np
 
 from . import arrays
 
+TITLE = "outlier removal and QA plots"
+DEPS = ("ingest",)
+READS = ("preprocessing.outlier_scale_factor",)
+OUTPUTS = (".kpms-job/preprocessed.npz", "QA/plots")
+
 
 def run(ctx):
     from .. import kpms_adapter as A
 
     coords, confs, bodyparts = arrays.load(ctx.work_dir / "keypoints.npz")
     before = {n: np.isnan(c).any(-1) for n, c in coords.items()}
-    coords, confs = A.remove_outliers(coords, confs, str(ctx.project_dir),
-                                      ctx.m["preprocessing"]["outlier_scale_factor"], bodyparts)
+    scale = ctx.m["preprocessing"]["outlier_scale_factor"]
+    coords, confs = A.remove_outliers(coords, confs, str(ctx.project_dir), scale, bodyparts)
+    A.update_config(str(ctx.project_dir), outlier_scale_factor=float(scale))  # the factor used, not ingest's
     arrays.save(ctx.work_dir / "preprocessed.npz", coords, confs, bodyparts)
     # keypoints whose confidence was set to 0 were interpolated: outliers plus missing ones
     interpolated = {n: int((np.asarray(confs[n]) == 0).sum()) for n in coords}
     missing = {n: int(before[n].sum()) for n in coords}
-    return {"interpolated_keypoints": interpolated, "missing_keypoints": missing,
-            "outputs": [".kpms-job/preprocessed.npz", "QA/plots"]}
+    return {"interpolated_keypoints": interpolated, "missing_keypoints": missing}

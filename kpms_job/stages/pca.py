@@ -11,6 +11,11 @@ log = logging.getLogger("kpms_job")
 
 MIN_LATENT_DIM = 2
 
+TITLE = "PCA, scree and PC figures"
+DEPS = ("ingest", "outliers")
+READS = ("pca.latent_dim", "pca.variance_explained")
+OUTPUTS = ("pca.p", "pca_scree.pdf")
+
 
 def run(ctx):
     from .. import kpms_adapter as A
@@ -35,7 +40,7 @@ def run(ctx):
         # jax-moseq's AR and Kalman steps need a latent matrix: latent_dim 1 fails inside the
         # AR-HMM with a TypeError (real data: two IBL paw keypoints, 1 PC after alignment)
         if n_max < MIN_LATENT_DIM:
-            bp = (ctx.m.get("bodyparts") or {}).get("use") or "all"
+            bp = ctx.info("ingest").get("use_bodyparts") or "all"
             raise InputDataError(
                 f"the aligned poses have only {n_max} principal component(s); keypoint-moseq needs at "
                 f"least {MIN_LATENT_DIM} (bodyparts.use: {bp}). Track or use more bodyparts: with "
@@ -46,5 +51,4 @@ def run(ctx):
     A.update_config(pd, latent_dim=int(latent_dim))
     A.plot_pca(pca, A.load_config(pd), pd)
     log.info("latent_dim %d (%s) explains %.1f%% of pose variance", latent_dim, how, 100 * explained)
-    return {"latent_dim": int(latent_dim), "variance_explained": round(explained, 4), "chosen_by": how,
-            "outputs": ["pca.p", "pca_scree.pdf"]}
+    return {"latent_dim": int(latent_dim), "variance_explained": round(explained, 4), "chosen_by": how}

@@ -15,6 +15,11 @@ import shutil
 
 log = logging.getLogger("kpms_job")
 
+TITLE = "reindex syllables by frequency"
+DEPS = ("full_model",)
+READS = ("model.name",)
+OUTPUTS = ("{model}/checkpoint.h5",)
+
 
 def run(ctx):
     from .. import kpms_adapter as A
@@ -27,4 +32,4 @@ def run(ctx):
         shutil.copyfile(path, tmp)
         A.reindex_at(str(tmp))
         os.replace(tmp, path)
-    return {"outputs": [f"{ctx.model_name}/checkpoint.h5"]}
+    return {}

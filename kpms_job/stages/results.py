@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+TITLE = "results.h5 and per-recording CSVs"
+DEPS = ("ingest", "reindex")
+READS = ("model.name", "outputs.csv")
+OUTPUTS = ("{model}/results.h5", "{model}/results")
+
 
 def run(ctx):
     from .. import kpms_adapter as A

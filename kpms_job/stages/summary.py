@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
-from ..pipeline import STAGES, package_versions
 from ..state import atomic_write_text, now_iso
+
+TITLE = "summary.json and summary.md"
+DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")
+# targets: the summary judges the median against the window, tuned or not. The resolved manifest
+# it embeds records the run that last wrote it: an edit that no stage reads does not rewrite it.
+READS = ("model.name", "targets.median_duration_ms")
+OUTPUTS = ("summary.json", "summary.md")
 
 
 def build(ctx) -> dict:
@@ -36,9 +42,9 @@ def build(ctx) -> dict:
         "arhmm_tuning": arhmm.get("tuning"),
         "fitting_settings": ctx.state.get("resources"),
         "figures": {"made": figs.get("made", []), "failed": figs.get("failed", {})},
-        "versions": package_versions(),
-        "seconds_per_stage": {s.name: (ctx.state.stage(s.name) or {}).get("seconds")
-                              for s in STAGES if s.name != "summary"},
+        "versions": ctx.versions,
+        "seconds_per_stage": {name: (ctx.state.stage(name) or {}).get("seconds")
+                              for name in ctx.stage_names if name != "summary"},
         "manifest": ctx.m,
     }
 
@@ -93,4 +99,4 @@ def run(ctx):
     s = build(ctx)
     atomic_write_text(ctx.project_dir / "summary.json", json.dumps(s, indent=2, default=str))
     atomic_write_text(ctx.project_dir / "summary.md", markdown(s))
-    return {"outputs": ["summary.json", "summary.md"], "in_target_window": s["in_target_window"]}
+    return {"in_target_window": s["in_target_window"]}
