@@ -49,10 +49,12 @@ def test_usage_errors_exit_2_with_one_line(cli, args, expected):
     assert len(err.strip().splitlines()) == 1 and "manifest:" not in err  # not called a manifest problem
 
 
-def test_plan_frames_without_a_manifest_never_crashes(cli):
-    code, out, err = cli("plan", "--frames", "100000")
-    assert code in (0, 2), err  # a plan, or one line saying it is not available: never exit 1
-    assert "Traceback" not in out + err and "unexpected error" not in err
+def test_plan_frames_without_a_manifest_prints_a_memory_plan(cli):
+    code, out, err = cli("plan", "--frames", "100000", "--budget-gb", "16", "--device", "cpu")
+    assert code == 0, err
+    assert "Traceback" not in out + err and err == ""
+    assert "100,000 frames in 10 recording(s)" in out and "16.0 GiB on the CPU" in out
+    assert "chosen: parallel_message_passing=False, mixed_map_iters=" in out
 
 
 @pytest.mark.parametrize("command", ["validate", "run", "plan"])
