@@ -17,7 +17,8 @@ COMMANDS = ("run", "validate", "plan")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
-window (results are written), 73 project dir not writable or full, 75 interrupted: rerun to continue,
+window (results are written), 73 project dir not writable or full, 75 interrupted (a signal, or
+the project dir held or taken over by another job): rerun to continue,
 76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue"""
 
 
@@ -176,7 +177,7 @@ def cmd_run(args) -> int:
     restart = False
     with ProjectLock(m["project_dir"]) as lock:
         lock.acquire(wait=args.wait)
-        state = JobState(m["project_dir"])
+        state = JobState(m["project_dir"], lock=lock)
         if state.recovered:  # a rerun with nothing to do would otherwise leave the damaged file
             state.save()
         decisions = pipeline.decide(m, state)

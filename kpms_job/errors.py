@@ -10,7 +10,8 @@ Exit codes (documented in the README; the Kubernetes and Slurm examples rely on 
 4     out of memory after every fallback
 5     finished, but kappa tuning could not reach the target window
 73    output problem: project dir not writable or disk full
-75    interrupted (signal, or project dir locked): safe to rerun
+75    interrupted (signal, project dir locked, or its lock taken over by
+      another job, which goes on with the work): safe to rerun
 76    stalled: no progress within the watchdog's limit (a hang, e.g. an
       XLA:CPU deadlock); stacks logged, last snapshot kept: safe to rerun
 ====  ==========================================================
@@ -80,3 +81,8 @@ class Interrupted(JobError):
 
 class LockHeld(Interrupted):
     """Another job holds the project dir."""
+
+
+class LockLost(Interrupted):
+    """Another job took the project dir's lock over (this one was judged stale): this job
+    stopped at its next safe point without writing the project again."""

@@ -211,8 +211,18 @@ def _as_output_error(exc: OSError, stage: str, project_dir: Path):
 
 
 def run(m: dict, state: JobState, stop=None) -> dict:
-    """Run every stage that is not done; return {stage: 'ran'|'skipped'}."""
-    ctx = Context(m, state, stop)
+    """Run every stage that is not done; return {stage: 'ran'|'skipped'}.
+
+    A lock taken over by another job (``state.lock``) ends the run with LockLost at the next
+    safe point: a stage start, a state write, or the stop poll after each Gibbs iteration
+    (before that iteration's snapshot is written).
+    """
+
+    def stop_or_lost() -> bool:
+        state.check()
+        return bool(stop is not None and stop())
+
+    ctx = Context(m, state, stop_or_lost)
     # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
     # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))
@@ -226,7 +236,7 @@ def run(m: dict, state: JobState, stop=None) -> dict:
             outcome[st.name] = "skipped"
             continue
         log.info("run   %-10s %s (%s)", st.name, st.title, d.reason)
-        if stop is not None and stop():
+        if ctx.stop():
             break
         watchdog.progress(f"stage-start:{st.name}")
         faults.point(f"stage-start:{st.name}")

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import faults
-from .errors import LockHeld, OutputError
+from .errors import LockHeld, LockLost, OutputError
 
 log = logging.getLogger("kpms_job")
 
@@ -91,8 +91,9 @@ def fingerprint(*parts) -> str:
 class JobState:
     """The persistent record of what a job has done in one project dir."""
 
-    def __init__(self, project_dir: str | Path):
+    def __init__(self, project_dir: str | Path, lock: ProjectLock | None = None):
         self.project_dir = Path(project_dir)
+        self.lock = lock  # the lock this job writes under: every write checks it is still ours
         self.dir = self.project_dir / STATE_DIR
         self.path = self.dir / "state.json"
         self.recovered = False  # loaded from state.json.bak: the writer should save it whole again
@@ -147,7 +148,13 @@ class JobState:
         self.data["extra"][key] = value
         self.save()
 
+    def check(self) -> None:
+        """Raise LockLost once another job took the project dir over: it writes there now."""
+        if self.lock is not None:
+            self.lock.check()
+
     def save(self) -> None:
+        self.check()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -195,6 +202,7 @@ class ProjectLock:
         self._stop = threading.Event()
         self._thread = None
         self.lost = False  # set when another job took the lock over (we were judged stale)
+        self.taken_by: dict = {}
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now_iso(), "created": time.time()}
 
     def _read(self, path: Path) -> str | None:
@@ -336,15 +344,27 @@ class ProjectLock:
         while not self._stop.wait(self.HEARTBEAT_S):
             holder = self._holder()
             if not self._mine(holder):
+                self.taken_by = holder or {}
                 self.lost = True
                 log.error("another job took over the lock on %s (host %s, pid %s): this job was judged "
-                          "stale; stop it and rerun", self.path.parent.parent,
-                          (holder or {}).get("host"), (holder or {}).get("pid"))
+                          "stale and stops at its next safe point without writing more",
+                          self.path.parent.parent, self.taken_by.get("host"), self.taken_by.get("pid"))
                 return
             try:
                 atomic_write_text(self.path, json.dumps({**self.me, "heartbeat": time.time()}))
             except OutputError:
                 pass
+
+    def check(self) -> None:
+        """Raise LockLost once another job took this lock over. Called before every write of
+        the job state, after every Gibbs iteration (before its snapshot) and before each stage."""
+        if self.lost:
+            raise LockLost(
+                f"another job took over the project dir {self.path.parent.parent} (host "
+                f"{self.taken_by.get('host')}, pid {self.taken_by.get('pid')}): this job's heartbeat was "
+                f"judged stale (none for {self.stale_after:.0f} s). Stopped without writing more; the other "
+                "job goes on from the last snapshot. Rerun to queue behind it, or check that the two jobs "
+                "were meant to share this project dir.")
 
     def release(self) -> None:
         self._stop.set()

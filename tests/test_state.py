@@ -297,3 +297,108 @@ def test_heartbeat_refreshes_the_lock_and_stops_when_another_job_took_over(tmp_p
     finally:
         lock.release()
     assert lock.path.exists()  # release leaves another job's lock alone
+
+
+# ---------------------------------------------------------------- a lock taken over
+def test_state_writes_stop_once_another_job_took_the_lock_over(tmp_path, monkeypatch):
+    from kpms_job.errors import LockLost
+
+    monkeypatch.setattr(ProjectLock, "HEARTBEAT_S", 0.05)
+    lock = ProjectLock(tmp_path)
+    lock.acquire()
+    try:
+        state = JobState(tmp_path, lock=lock)
+        state.put("before", 1)
+        lock.path.write_text(json.dumps({"host": "other", "pid": 4242, "since": "x", "heartbeat": time.time()}))
+        deadline = time.monotonic() + 5
+        while not lock.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LockLost, match=r"another job took over .* \(host other, pid 4242\)") as err:
+            state.put("after", 2)
+        assert err.value.exit_code == EXIT_INTERRUPTED
+        assert json.loads(state.path.read_text())["extra"] == {"before": 1}
+    finally:
+        lock.release()
+
+
+def test_a_fit_stops_before_the_snapshot_of_the_iteration_in_which_the_lock_was_lost(job, monkeypatch):
+    """The Gibbs loop polls ``should_stop`` after each iteration, before that iteration's snapshot:
+    a lost lock raises there, so the other job's checkpoint gets no snapshot from this one."""
+    import types
+
+    import kpms_job
+    from kpms_job import manifest, pipeline
+    from kpms_job.errors import LockLost
+    from kpms_job.stages import fitting
+
+    snapshots = []
+    lock = ProjectLock(job.parent / "project")
+
+    def run_gibbs(model, data, metadata, pd, name, *, start_iter, num_iters, should_stop, on_iteration, **kw):
+        for it in range(start_iter + 1, num_iters + 1):
+            on_iteration(it, model)
+            if it == 3:  # what the heartbeat thread does when it finds another job's lock
+                lock.taken_by, lock.lost = {"host": "other", "pid": 4242}, True
+            stopping = bool(should_stop())
+            snapshots.append(it)  # the adapter saves on a stop, at save_every and at the end
+            if stopping:
+                return model, it, False
+        return model, num_iters, True
+
+    fake = types.SimpleNamespace(run_gibbs=run_gibbs, median_duration_ms=lambda *a: 300.0)
+    monkeypatch.setitem(sys.modules, "kpms_job.kpms_adapter", fake)
+    monkeypatch.setattr(kpms_job, "kpms_adapter", fake, raising=False)
+    monkeypatch.setattr(fitting, "settings", lambda ctx: {"parallel_message_passing": False})
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(job.parent / "jax-cache"))
+    for st in pipeline.STAGES:
+        monkeypatch.setattr(st.module, "run", lambda ctx: {"fps": 30.0})
+    monkeypatch.setattr(pipeline.BY_NAME["arhmm"].module, "run", lambda ctx: fitting.fit_chain(
+        ctx, "kpms_job_arhmm", "key", lambda: ({}, {}, {}), 6, ar_only=True, label="AR-HMM") and {})
+    m = manifest.load(job)
+    lock.acquire()
+    try:
+        state = JobState(m["project_dir"], lock=lock)
+        with pytest.raises(LockLost):
+            pipeline.run(m, state)
+    finally:
+        lock.release()
+    assert snapshots == [1, 2]
+    assert "arhmm" not in JobState(m["project_dir"]).data["stages"]
+
+
+TAKEN_OVER = textwrap.dedent("""
+    import json, sys, time
+    from kpms_job import pipeline
+    from kpms_job.cli import main
+    from kpms_job.state import ProjectLock
+    ProjectLock.HEARTBEAT_S = 0.05
+    ran = []
+
+    def stage(name):
+        def run(ctx):
+            ran.append(name)
+            if name == "pca":  # another host judges this job stale, takes the project over and beats
+                for _ in range(20):
+                    (ctx.project_dir / ".kpms-job" / "lock").write_text(json.dumps(
+                        {"host": "other-host", "pid": 4242, "since": "x", "created": 1.0, "heartbeat": time.time()}))
+                    time.sleep(0.05)
+            return {}
+        return run
+
+    for st in pipeline.STAGES:
+        st.module.run = stage(st.name)
+    code = main(["run", sys.argv[1]])
+    print("RAN", *ran)
+    sys.exit(code)
+""")
+
+
+def test_a_job_whose_lock_was_taken_over_exits_75_and_leaves_the_project_to_the_other(job):
+    res = subprocess.run([sys.executable, "-c", TAKEN_OVER, str(job)], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, NO_COLOR="1", KPMS_JOB_WATCHDOG_S="0"))
+    assert res.returncode == EXIT_INTERRUPTED, res.stdout + res.stderr
+    assert "RAN ingest outliers pca\n" in res.stdout
+    assert "another job took over" in res.stderr and "other-host" in res.stderr
+    project = job.parent / "project" / ".kpms-job"
+    assert set(json.loads((project / "state.json").read_text())["stages"]) == {"ingest", "outliers"}
+    assert json.loads((project / "lock").read_text())["host"] == "other-host"  # left to its holder
