@@ -201,3 +201,62 @@ def test_apptainer_recipe_wraps_the_image_and_passes_arguments_on():
     guide = (ROOT / "README.md").read_text()
     assert "apptainer build kpms-job.sif apptainer.def" in guide
     assert "apptainer run --nv kpms-job.sif" in guide
+
+
+# ---------------------------------------------------------------- JAX's compilation cache
+ENTRY = ROOT / "deploy" / "container" / "kpms-job-entry.sh"
+SBATCH = ROOT / "deploy" / "slurm" / "kpms-job.sbatch"
+
+
+def _entry_env(tmp_path, **env) -> dict:
+    """The environment the image's entry script hands to the job: the script as shipped, with
+    the job's interpreter replaced by ``env`` (which prints it)."""
+    script = tmp_path / "entry.sh"
+    text = ENTRY.read_text()
+    line = 'exec /opt/venv/bin/python /opt/kpms-job/entrypoint.py "$@"'
+    assert line in text
+    script.write_text(text.replace(line, "exec env"))
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmp")}
+    res = subprocess.run(["sh", str(script), "manifest.yml"], env={**base, **env}, capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+
+
+def test_the_image_leaves_the_compilation_cache_to_the_job_unless_the_user_sets_it(tmp_path):
+    env = _entry_env(tmp_path)
+    assert "JAX_COMPILATION_CACHE_DIR" not in env  # the job's default: in the project dir
+    assert env["MPLCONFIGDIR"].startswith(str(tmp_path / "tmp"))  # the other caches stay per user in TMPDIR
+    assert _entry_env(tmp_path, JAX_COMPILATION_CACHE_DIR="/data/cache")["JAX_COMPILATION_CACHE_DIR"] == "/data/cache"
+
+
+def test_a_job_keeps_its_compilation_cache_in_the_project_dir_unless_the_user_sets_it(job, monkeypatch):
+    from kpms_job import manifest, pipeline
+    from kpms_job.state import JobState
+
+    m = manifest.load(job)
+    for st in pipeline.STAGES:
+        monkeypatch.setattr(st.module, "run", lambda ctx: {})
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    pipeline.run(m, JobState(m["project_dir"]))
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(job.parent / "project" / ".kpms-job" / "jax-cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    pipeline.run(m, JobState(m["project_dir"]))
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
+
+
+def test_kubernetes_and_slurm_leave_the_compilation_cache_to_the_job(tmp_path):
+    env = docs()["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "JAX_COMPILATION_CACHE_DIR" not in {e["name"] for e in env}
+    fake = tmp_path / "fake-job"
+    fake.write_text('#!/bin/sh\nenv > "$FAKE_ENV"\n')
+    fake.chmod(0o755)
+    (tmp_path / "manifest.yml").write_text("{}\n")
+    for extra, expected in (({}, None), ({"KPMS_JOB_JAX_CACHE": "/shared/cache"}, "/shared/cache")):
+        out = tmp_path / "env.txt"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "KPMS_JOB_", "SLURM_"))}
+        res = subprocess.run(["bash", str(SBATCH), str(tmp_path / "manifest.yml")], capture_output=True, text=True,
+                             env={**base, "KPMS_JOB_CMD": str(fake), "FAKE_ENV": str(out), **extra}, timeout=30)
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+        assert got.get("JAX_COMPILATION_CACHE_DIR") == expected

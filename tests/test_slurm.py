@@ -218,7 +218,7 @@ def submit(manifest: Path) -> tuple[str, Path]:
     out = manifest.parent / "slurm.out"
     env = dict(os.environ, KPMS_JOB_CMD=f"{sys.executable} {ROOT / 'entrypoint.py'} run",
                KPMS_JOB_STOP_GRACE_S="120", NO_COLOR="1")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the script's default: .jax-cache beside the manifest
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the job's default: the cache in the project dir
     res = subprocess.run(["sbatch", "--parsable", "-c", "1", "--mem=3G", "--time=30", f"--output={out}",
                           f"--chdir={manifest.parent}", str(SCRIPT), str(manifest)],
                          capture_output=True, text=True, env=env, timeout=60)
@@ -281,7 +281,8 @@ def test_preempted_job_is_requeued_and_ends_identical_to_an_uninterrupted_one(cl
     resumed = re.search(r"full model: resuming from the snapshot at iteration (\d+)", log)
     assert stopped and resumed, f"the job was not interrupted mid-fit:\n{log}"
     assert int(resumed.group(1)) == int(stopped.group(1)) >= 7
-    assert any((tmp_path / "preempted" / ".jax-cache").iterdir()), "the requeued run had no compilation cache"
+    cache = tmp_path / "preempted" / "project" / ".kpms-job" / "jax-cache"
+    assert any(cache.iterdir()), "the requeued run had no compilation cache"
 
     ref, got = labels(tmp_path / "reference" / "project"), labels(tmp_path / "preempted" / "project")
     assert ref.keys() == got.keys() and ref
