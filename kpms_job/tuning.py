@@ -35,9 +35,9 @@ What real chains do, and how the search copes:
   so a young probe in the window says little about the model delivered, which must stay in the
   window ``drift_horizon`` more iterations. A steady drift (``drift_windows`` check windows in a
   row moving one way) is extrapolated, never further than it was watched, and the duration is
-  judged halfway to where it heads. A correction of a chain that is in the window, or has
-  drifted (not jumped: within half the window's width) out of it after a measurement was held,
-  keeps the chain: a restart would be young and drift again, while the chain's own drift slows
+  judged halfway to where it heads. A correction for a drift, of a chain that is in the window
+  or has drifted (not jumped: within half the window's width) out of it after a hold, keeps the
+  chain: a restart would be young and drift again, while the chain's own drift slows
   as it settles. A second such correction the same way restarts: the chain did not follow.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
@@ -366,7 +366,7 @@ class KappaTuner:
         # a probe from the start would be young again and drift the same way, while the chain's
         # own drift slows as it settles
         direction = -1 if not too_short else 1
-        keep = (self.cfg.drift_horizon > 0 and self.kept != direction
+        keep = (drift != 0.0 and self.kept != direction
                 and (self.accepted(measured) or (self.settled and self._near_window(measured))))
         rollback = ((self.cfg.restart_probes or not too_short) and not keep
                     and self.base_iter is not None and self.base_iter != iteration)
