@@ -84,11 +84,11 @@ def cmd_plan(args) -> int:
         if args.frames is None:
             raise UsageError("command line: plan needs a manifest, or --frames N (see kpms-job --help)")
         try:
-            from . import memory_cli
+            from .resources import report
         except ImportError as exc:
             raise UsageError("command line: plan --frames needs the memory planner, which this version "
                              "of kpms-job does not include; plan a manifest instead") from exc
-        return memory_cli.plan_frames(args)
+        return report.plan_frames(args)
     m = manifest.load(args.manifest)
     state = JobState(m["project_dir"])
     decisions = pipeline.decide(m, state)
@@ -98,9 +98,9 @@ def cmd_plan(args) -> int:
     n = sum(d.run for d in decisions)
     print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
     try:
-        from . import memory_cli
+        from .resources import report
 
-        memory_cli.plan_manifest(m, state)
+        report.plan_manifest(m, state)
     except ImportError:
         pass
     return EXIT_OK
@@ -163,8 +163,9 @@ def cmd_run(args) -> int:
     import os
     import time
 
-    from . import inputs, manifest, pipeline, resources, signals, watchdog
+    from . import inputs, manifest, pipeline, signals, watchdog
     from .errors import Interrupted, OutOfMemory
+    from .resources import machine, planner
     from .state import JobState, ProjectLock
 
     t0 = time.monotonic()
@@ -186,7 +187,7 @@ def cmd_run(args) -> int:
                   f"({time.monotonic() - t0:.1f} s)")
             return _tuning_verdict(state, m)
         # JAX reads its GPU memory fraction when it starts: set it from the budget now
-        resources.prepare_environment(m)
+        machine.prepare_environment(m)
         watchdog.start(state=state, lock=lock)  # a hang (e.g. an XLA:CPU deadlock) ends in exit 76, not silence
         try:
             outcome = pipeline.run(m, state, stop=signals.requested)
@@ -194,12 +195,12 @@ def cmd_run(args) -> int:
             if not _fit_out_of_memory(exc):
                 raise
             stage = next((d.stage.name for d in pipeline.decide(m, state) if d.run), None)
-            resources.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
+            planner.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
             if int(os.environ.get("KPMS_JOB_RESTARTS", "0")) >= 64:
                 raise OutOfMemory(f"out of memory, and 64 restarts did not get past it: {exc}") from exc
             restart = True
         else:
-            resources.record_peak(state)
+            planner.record_peak(state)
         finally:
             watchdog.stop()
         if signals.requested():

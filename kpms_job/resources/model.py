@@ -511,7 +511,7 @@ def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=C
     restricts the measurement to those steps; the coefficients of the others are kept
     from :data:`COEFFS`. Returns (coefficients, records).
     """
-    from . import kpms_adapter as A  # imports JAX: only here, never at module import
+    from .. import kpms_adapter as A  # imports JAX: only here, never at module import
 
     records = []
     for k, d, s in grid:
@@ -542,7 +542,7 @@ def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=C
     return {**{t: c for t, c in COEFFS.items() if t not in fitted}, **fitted}, records
 
 
-if __name__ == "__main__":  # python -m kpms_job.memory --calibrate
+if __name__ == "__main__":  # python -m kpms_job.resources.model --calibrate
     import json
     import sys
 
