@@ -16,9 +16,9 @@ step term comes from XLA's own buffer assignment (``compiled.memory_analysis()``
 
 Every step's memory is linear in the number of (padded) frames. Its bytes per frame are
 a linear combination of features of the model's size (:func:`features`), with
-coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
-for a grid of small real shapes and fits them by least squares (``python -m
-kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Four steps are split by
+coefficients measured, not guessed: ``tools/calibrate_memory.py`` compiles the real
+jax-moseq steps for a grid of small real shapes and fits them by least squares (it prints
+a new :data:`COEFFS`). Four steps are split by
 ``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
 (``continuous``) and, batched by the adapter's patches of jax-moseq (see
 :mod:`kpms_job.kpms_adapter`), the discrete-state sampling of both models (``discrete``), the
@@ -46,10 +46,10 @@ FILL = 0.9
 
 # --------------------------------------------------------------------------- constants
 #: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
-#: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
-#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames). ``discrete.*``
+#: Measured with ``tools/calibrate_memory.py`` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
+#: XLA:CPU; its grid at 4 segments x 10,030 frames). ``discrete.*``
 #: and ``ar_params`` re-measured after the adapter's patches of those two steps
-#: (``python -m kpms_job.memory --calibrate --steps discrete,ar_params``: the same grid,
+#: (``tools/calibrate_memory.py --calibrate --steps discrete,ar_params``: the same grid,
 #: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
 #: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
 #: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
@@ -83,11 +83,6 @@ GPU_CONTEXT_BYTES = int(0.6 * GiB)
 
 STEPS_ARHMM = ("transitions", "ar_params", "discrete")
 STEPS_FULL = STEPS_ARHMM + ("continuous", "heading", "location", "scales")
-
-#: The shapes (keypoints, latent_dim, num_states) :func:`calibrate` compiles.
-CALIBRATION_GRID = ((4, 4, 100), (8, 4, 100), (8, 8, 100), (8, 8, 30), (12, 10, 100), (16, 6, 50))
-CALIBRATION_SEGMENTS = 4
-CALIBRATION_SEG_LENGTH = MAX_SEG_LENGTH
 
 
 # --------------------------------------------------------------------------- shapes
@@ -453,104 +448,3 @@ def _with(shape: Shape, **changes) -> Shape:
 def gib(n: float) -> str:
     """Bytes as GiB (MiB below 1 GiB)."""
     return f"{n / GiB:.1f} GiB" if abs(n) >= GiB else f"{n / (1 << 20):.0f} MiB"
-
-
-# --------------------------------------------------------------------------- calibration
-def fit_coefficients(records) -> dict[str, dict[str, float]]:
-    """Least-squares coefficients per term from measured step memory.
-
-    ``records``: dicts with keypoints, latent_dim, num_states, nlags, step, pmp, mmi,
-    frames (per compiled call), chunk_frames and bytes (temp + output). The whole and
-    chunk parts of a batched step (:data:`BATCHED`) are separated with its memory at
-    mixed_map_iters 1 and 2 for the same shape.
-    """
-    import numpy as np
-
-    rows: dict[str, list] = {}
-    by_shape: dict = {}
-    for r in records:
-        shape = Shape(frames=r["frames"], keypoints=r["keypoints"], latent_dim=r["latent_dim"],
-                      num_states=r["num_states"], nlags=r.get("nlags", 3))
-        if r["step"] not in BATCHED:
-            rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
-        else:
-            term = r["step"]
-            if term in KALMAN:
-                term += ".par" if r["pmp"] else ".seq"
-            key = (r["keypoints"], r["latent_dim"], r["num_states"], term)
-            by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
-    for (_, _, _, term), runs in by_shape.items():
-        if 1 not in runs or 2 not in runs:
-            continue
-        shape, f1, c1, b1 = runs[1]
-        _, f2, c2, b2 = runs[2]
-        chunk = (b1 - b2) / (c1 - c2)  # bytes per chunk frame
-        whole = (b1 - chunk * c1) / f1
-        rows.setdefault(f"{term}.chunk", []).append((features(shape), chunk))
-        rows.setdefault(f"{term}.whole", []).append((features(shape), whole))
-    out = {}
-    for term, data in rows.items():
-        names = STEP_FEATURES[term]
-        a = np.array([[f[n] for n in names] for f, _ in data])
-        y = np.array([v for _, v in data])
-        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-        out[term] = {n: round(float(c), 3) for n, c in zip(names, coef, strict=True) if abs(c) > 1e-9}
-    return out
-
-
-def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=CALIBRATION_SEG_LENGTH,
-              progress=print, steps=None) -> tuple[dict, list]:
-    """Recompute :data:`COEFFS` by compiling the real jax-moseq steps (takes minutes).
-
-    For each (keypoints, latent_dim, num_states) in ``grid``, a model is initialised on
-    the bundled real recording (:func:`kpms_adapter.calibration_model`), then every
-    step of one full-model iteration is compiled for ``segments`` x ``seg_length``
-    frames (abstract shapes: nothing of that size is allocated) and XLA's memory
-    analysis gives its temporaries and outputs. The batched steps (:data:`BATCHED`) are
-    compiled at mixed_map_iters 1 and 2. ``steps`` (names in :data:`STEPS_FULL`)
-    restricts the measurement to those steps; the coefficients of the others are kept
-    from :data:`COEFFS`. Returns (coefficients, records).
-    """
-    from .. import kpms_adapter as A  # imports JAX: only here, never at module import
-
-    records = []
-    for k, d, s in grid:
-        data, model = A.calibration_model(k, d, s)
-        for pmp in (False, True):
-            for mmi in (1, 2):
-                only = set(steps or STEPS_FULL)
-                if pmp:  # parallel message passing changes the Kalman steps only
-                    only &= set(KALMAN)
-                if mmi > 1:
-                    only &= set(BATCHED)
-                if not only:
-                    continue
-                measured = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
-                                                  parallel_message_passing=pmp, mixed_map_iters=mmi,
-                                                  only=tuple(only))
-                for step, mem in measured.items():
-                    rec = {"keypoints": k, "latent_dim": d, "num_states": s, "nlags": 3, "step": step,
-                           "pmp": pmp, "mmi": mmi, "frames": mem["frames"], "chunk_frames": mem["chunk_frames"],
-                           "bytes": mem["temp"] + mem["output"]}
-                    records.append(rec)
-                    if progress:
-                        progress(f"K={k} D={d} S={s} pmp={pmp} mmi={mmi} {step}: "
-                                 f"{rec['bytes'] / mem['frames']:.0f} bytes/frame")
-    fitted = fit_coefficients(records)
-    if steps is None:
-        return fitted, records
-    return {**{t: c for t, c in COEFFS.items() if t not in fitted}, **fitted}, records
-
-
-if __name__ == "__main__":  # python -m kpms_job.resources.model --calibrate
-    import json
-    import sys
-
-    if "--calibrate" in sys.argv:  # [--steps discrete,continuous] [--records]
-        only = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
-        coeffs, recs = calibrate(steps=only)
-        if "--records" in sys.argv:
-            print(json.dumps(recs, indent=1))
-        print("COEFFS = " + json.dumps(coeffs, indent=4))
-    else:
-        print(__doc__)
