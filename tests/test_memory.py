@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from kpms_job.errors import OutOfMemory
-from kpms_job.resources import machine, model, planner
+from kpms_job.resources import ladder, machine, model, planner
 from kpms_job.resources.model import GiB, Setting, Shape
 from kpms_job.state import JobState
 
@@ -40,28 +40,28 @@ def test_padded_frames_are_segments_times_length_plus_overlap():
 
 
 def test_ladder_order_cpu_gpu_and_pinned_values():
-    assert model.ladder("cpu", 5) == [Setting(False, i) for i in (1, 2, 4, 5)]
-    gpu = model.ladder("gpu", 8)
+    assert ladder.ladder("cpu", 5) == [Setting(False, i) for i in (1, 2, 4, 5)]
+    gpu = ladder.ladder("gpu", 8)
     assert gpu == [Setting(True, i) for i in (1, 2, 4, 8)] + [Setting(False, i) for i in (1, 2, 4, 8)]
-    assert model.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
-    assert model.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
-    assert model.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
+    assert ladder.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
+    assert ladder.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
+    assert ladder.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
     # a CPU never gets the associative scan, even pinned: its batched LU calls deadlock XLA:CPU
-    assert model.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(False, 2)]
-    assert model.ladder("gpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
+    assert ladder.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(False, 2)]
+    assert ladder.ladder("gpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
 
 
 def test_estimates_fall_along_the_ladder_and_grow_with_size():
     shape = Shape(frames=2_000_000, keypoints=10, latent_dim=8, num_states=100)
-    totals = [model.estimate(shape, s, backend="gpu").total for s in model.ladder("gpu", shape.segments)]
+    totals = [model.estimate(shape, s, backend="gpu").total for s in ladder.ladder("gpu", shape.segments)]
     pmp_on, pmp_off = totals[:len(totals) // 2], totals[len(totals) // 2:]
     assert pmp_on == sorted(pmp_on, reverse=True) and pmp_off == sorted(pmp_off, reverse=True)
     assert pmp_on[0] > pmp_off[0]  # the associative scan needs more than the sequential filter
     base = model.estimate(shape, Setting(False, 1)).total
     for change in ({"frames": 4_000_000}, {"keypoints": 20}, {"latent_dim": 12}):
-        assert model.estimate(model._with(shape, **change), Setting(False, 1)).total > base, change
+        assert model.estimate(ladder._with(shape, **change), Setting(False, 1)).total > base, change
     ar = model.estimate(shape, None, "arhmm")
-    assert model.estimate(model._with(shape, num_states=200), None, "arhmm").total > ar.total
+    assert model.estimate(ladder._with(shape, num_states=200), None, "arhmm").total > ar.total
     assert ar.total < base and set(ar.steps) == set(model.STEPS_ARHMM)
     # the discrete step is batched too: the AR-HMM shrinks with mixed_map_iters until another step dominates
     ar2 = model.estimate(shape, Setting(False, 2), "arhmm")
@@ -114,9 +114,9 @@ TABLE = [  # frames, keypoints, latent_dim, num_states, budget GiB, backend
 def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb, backend):
     shape = Shape(frames=frames, keypoints=k, latent_dim=d, num_states=s)
     budget = gb * GiB
-    c = model.choose(shape, budget, backend)
-    rungs = model.ladder(backend, shape.segments)
-    limit = model.FILL * budget
+    c = ladder.choose(shape, budget, backend)
+    rungs = ladder.ladder(backend, shape.segments)
+    limit = ladder.FILL * budget
 
     def need(r):  # what a setting needs: the bigger of its AR-HMM and its full model
         return max(model.estimate(shape, r, "arhmm", backend).total, model.estimate(shape, r, backend=backend).total)
@@ -139,34 +139,34 @@ def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb,
 
 
 def test_gpu_plans_turn_parallel_message_passing_off_only_when_it_does_not_fit():
-    small = model.choose(Shape(frames=20_000, keypoints=8, latent_dim=6, num_states=50), 40 * GiB, "gpu")
+    small = ladder.choose(Shape(frames=20_000, keypoints=8, latent_dim=6, num_states=50), 40 * GiB, "gpu")
     assert small.fits and small.setting == Setting(True, 1)
     flipped = 0
     for frames in (200_000, 1_000_000, 3_000_000, 6_000_000):
         shape = Shape(frames=frames, keypoints=8, latent_dim=10, num_states=100)
-        c = model.choose(shape, 40 * GiB, "gpu")
+        c = ladder.choose(shape, 40 * GiB, "gpu")
         if c.fits and not c.setting.parallel_message_passing:
             flipped += 1
-            for r in model.ladder("gpu", shape.segments):
+            for r in ladder.ladder("gpu", shape.segments):
                 if r.parallel_message_passing:
-                    assert model.estimate(shape, r, backend="gpu").total > model.FILL * 40 * GiB
+                    assert model.estimate(shape, r, backend="gpu").total > ladder.FILL * 40 * GiB
     assert flipped  # somewhere between 20 thousand and 6 million frames the scan stops fitting 40 GiB
 
 
 def test_failed_settings_are_skipped_and_the_plan_goes_on_after_them():
     shape = Shape(frames=50_000, keypoints=4, latent_dim=4, num_states=20)
-    assert model.choose(shape, 64 * GiB).setting == Setting(False, 1)
-    after = model.choose(shape, 64 * GiB, failed=[{"parallel_message_passing": False, "mixed_map_iters": 1}])
+    assert ladder.choose(shape, 64 * GiB).setting == Setting(False, 1)
+    after = ladder.choose(shape, 64 * GiB, failed=[{"parallel_message_passing": False, "mixed_map_iters": 1}])
     assert after.setting == Setting(False, 2) and "ran out of memory before" in after.reason
-    last = model.choose(shape, 64 * GiB, failed=[Setting(False, 5)])  # 5 segments: the last rung
+    last = ladder.choose(shape, 64 * GiB, failed=[Setting(False, 5)])  # 5 segments: the last rung
     assert last.tried == [] and not last.fits
 
 
 def test_max_frames_is_where_the_plan_stops_fitting():
     shape = Shape(frames=1_000, keypoints=8, latent_dim=10, num_states=100)
-    n = model.max_frames(shape, 24 * GiB)
-    assert model.choose(model._with(shape, frames=n), 24 * GiB).fits
-    assert not model.choose(model._with(shape, frames=int(n * 1.05) + 10_000), 24 * GiB).fits
+    n = ladder.max_frames(shape, 24 * GiB)
+    assert ladder.choose(ladder._with(shape, frames=n), 24 * GiB).fits
+    assert not ladder.choose(ladder._with(shape, frames=int(n * 1.05) + 10_000), 24 * GiB).fits
 
 
 @pytest.mark.slow
@@ -252,7 +252,7 @@ def test_plan_10_million_frames_on_a_24_gib_gpu_fits_and_explains_its_choice(cli
     planned on this CPU-only machine with --device gpu."""
     code, out, err = cli("plan", "--frames", "10000000", "--budget-gb", "24", "--device", "gpu")
     assert code == 0, err
-    c = model.choose(Shape(frames=10_000_000, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "gpu")
+    c = ladder.choose(Shape(frames=10_000_000, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "gpu")
     assert c.fits and not c.setting.parallel_message_passing and c.setting.mixed_map_iters > 1
     assert max(c.full.total, c.arhmm.total) <= 0.9 * 24 * GiB
     assert "10,000,000 frames" in out and "24.0 GiB on the GPU" in out and "planning for a GPU" in out
@@ -270,14 +270,14 @@ def test_plan_10_million_frames_on_24_gib_of_cpu_memory_fits_and_explains_its_ch
     count there) fit by the model, at the fastest setting that does, with the reason."""
     code, out, err = cli("plan", "--frames", "10000000", "--budget-gb", "24", "--device", "cpu")
     assert code == 0, err
-    c = model.choose(Shape(frames=10_000_000, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
+    c = ladder.choose(Shape(frames=10_000_000, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
     assert c.fits and not c.setting.parallel_message_passing and c.setting.mixed_map_iters > 1
     assert max(c.full.total, c.arhmm.total) <= 0.9 * 24 * GiB
     assert "on the CPU" in out and "DOES NOT FIT" not in out
     assert f"chosen: parallel_message_passing=False, mixed_map_iters={c.setting.mixed_map_iters}\n" in out
     why = next(line for line in out.splitlines() if line.strip().startswith("why"))
     assert "faster setting(s) need more" in why and "the fastest that fits" in why and "2.2 GiB process" in why
-    n = model.max_frames(Shape(frames=1, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
+    n = ladder.max_frames(Shape(frames=1, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
     assert 10_000_000 <= n < 20_000_000
 
 

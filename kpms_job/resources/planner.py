@@ -14,7 +14,7 @@ import os
 import time
 
 from ..errors import OutOfMemory
-from . import model
+from . import ladder, model
 from .machine import budget, detect, peak_bytes, reset_peak
 
 log = logging.getLogger("kpms_job")
@@ -77,7 +77,7 @@ def plan_for_context(ctx) -> dict:
     sig = _signature(shape, backend, device, res)
     attempts = [a for a in old.get("attempts", []) if a.get("signature") == sig]
     failed = [a["setting"] for a in attempts if a.get("outcome") == "out of memory"]
-    choice = model.choose(shape, budget_bytes, backend, res["parallel_message_passing"], res["mixed_map_iters"],
+    choice = ladder.choose(shape, budget_bytes, backend, res["parallel_message_passing"], res["mixed_map_iters"],
                            failed=failed)
     plan = {"backend": jax.default_backend(), **choice.as_dict(), "budget_source": source, "device": device,
             "frames": shape.frames, "padded_frames": shape.padded_frames, "segments": shape.segments,
@@ -140,8 +140,8 @@ def watch_peak(ctx) -> None:
 def _oom_message(plan: dict, shape: model.Shape, budget_bytes: float) -> str:
     tried = "; ".join(f"{model.Setting(**a['setting']).label()} ({a.get('stage', '?')})"
                       for a in plan.get("attempts", []) if a.get("outcome") == "out of memory")
-    fit_frames = model.max_frames(shape, budget_bytes, plan.get("backend", "cpu"))
-    states = model.max_states(shape, budget_bytes, plan.get("backend", "cpu"))
+    fit_frames = ladder.max_frames(shape, budget_bytes, plan.get("backend", "cpu"))
+    states = ladder.max_states(shape, budget_bytes, plan.get("backend", "cpu"))
     hints = [f"raise resources.vram_budget_gb or run on a machine with more memory (budget was "
              f"{model.gib(budget_bytes)}, {plan.get('budget_source', '')})"]
     if fit_frames and fit_frames < shape.frames:
@@ -177,7 +177,7 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
     res = m.get("resources") or {}
     shape = shape_from_state(m, state) or model.Shape(frames=1)
     backend = "gpu" if plan.get("backend") == "gpu" else "cpu"
-    rungs = model.ladder(backend, shape.segments, res.get("parallel_message_passing", "auto"),
+    rungs = ladder.ladder(backend, shape.segments, res.get("parallel_message_passing", "auto"),
                           res.get("mixed_map_iters", "auto"))
     failed = [model.Setting(**a["setting"]) for a in attempts if a.get("outcome") == "out of memory"]
     done = [rungs.index(f) for f in failed if f in rungs]

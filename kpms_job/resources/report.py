@@ -7,7 +7,7 @@ come from the memory model in :mod:`.model`.
 from __future__ import annotations
 
 from ..errors import EXIT_OK, ManifestError
-from . import machine, model, planner
+from . import ladder, machine, model, planner
 from .model import gib
 
 
@@ -41,14 +41,14 @@ def _machine_budget(budget_gb, vram_budget_gb="auto", device="auto"):
 def report(shape: model.Shape, budget: float, source: str, backend: str, parallel="auto",
            mixed_map_iters="auto", failed=(), notes=()) -> list[str]:
     """The lines ``plan`` prints for one fit shape and budget."""
-    choice = model.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed)
+    choice = ladder.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed)
     where = "GPU" if backend == "gpu" else "CPU (system memory)"
     lines = [
         "memory plan:",
         f"  data       {shape.frames:,} frames in {len(shape.recordings)} recording(s) -> {shape.segments} "
         f"segment(s) of {shape.seg_length:,} (+30 overlap) = {shape.padded_frames:,} padded frames; "
         f"{shape.keypoints} keypoints, latent_dim {shape.latent_dim}, num_states {shape.num_states}",
-        f"  budget     {gib(budget)} on the {where} ({source}); plans fill at most {model.FILL:.0%}",
+        f"  budget     {gib(budget)} on the {where} ({source}); plans fill at most {ladder.FILL:.0%}",
     ]
     lines += [f"  note       {n}" for n in notes]
     if parallel is True and not model.kalman_scan_allowed(backend):
@@ -56,11 +56,11 @@ def report(shape: model.Shape, budget: float, source: str, backend: str, paralle
                      "scan's batched LU calls can deadlock XLA:CPU, so every Kalman step runs sequentially")
     lines.append("  settings, from the fastest to the most frugal (peak of the AR-HMM and of the full model):")
     for (s, full), ar in zip(choice.tried, choice.tried_arhmm, strict=True):
-        big = model.need(ar, full)
-        mark = "fits" if big.total <= model.FILL * budget else "too big"
+        big = ladder.need(ar, full)
+        mark = "fits" if big.total <= ladder.FILL * budget else "too big"
         lines.append(f"    {s.label():<54} AR-HMM {gib(ar.total):>9}, full {gib(full.total):>9}  {mark:<7}  "
                      f"(largest step: {big.peak_step}{' in the AR-HMM' if big is ar else ''})")
-    rest = model.ladder(backend, shape.segments, parallel, mixed_map_iters)[len(choice.skipped) + len(choice.tried):]
+    rest = ladder.ladder(backend, shape.segments, parallel, mixed_map_iters)[len(choice.skipped) + len(choice.tried):]
     if rest:
         why = "not needed" if choice.fits else "save nothing more, by the model"
         lines.append(f"    ({len(rest)} more frugal setting(s) {why}: up to "
@@ -71,14 +71,14 @@ def report(shape: model.Shape, budget: float, source: str, backend: str, paralle
     lines.append(f"  full model {choice.full.describe()}")
     lines.append(f"  why        {choice.reason}")
     if not choice.fits:
-        n = model.max_frames(shape, budget, backend, parallel, mixed_map_iters)
-        s = model.max_states(shape, budget, backend, parallel, mixed_map_iters)
+        n = ladder.max_frames(shape, budget, backend, parallel, mixed_map_iters)
+        s = ladder.max_states(shape, budget, backend, parallel, mixed_map_iters)
         hints = []
         if n:
             hints.append(f"about {n:,} frames fit this budget with these sizes")
         if 0 < s < shape.num_states:
             hints.append(f"at {shape.frames:,} frames, num_states up to about {s} fits")
-        need = max(choice.arhmm.total, choice.full.total) / model.FILL
+        need = max(choice.arhmm.total, choice.full.total) / ladder.FILL
         hints.append(f"this job needs a budget of about {gib(need)}")
         lines.append("  to fit     " + "; ".join(hints))
     return lines
