@@ -149,13 +149,16 @@ def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision
 class Context:
     """What a stage gets: the manifest, the project dir, the state and shared helpers."""
 
-    def __init__(self, m: dict, state: JobState, stop=None):
+    def __init__(self, m: dict, state: JobState, stop=None, prepared: dict | None = None):
         self.m = m
         self.project_dir = Path(m["project_dir"])
         self.state = state
         self.cache: dict = {}
         self.stop = stop  # callable -> bool: a graceful stop was requested
         self.fingerprints: dict = {}
+        # what resources.machine.prepare_environment decided before JAX started (the budget and
+        # JAX's memory settings); None where nothing was prepared (a stage run on its own)
+        self.prepared = prepared
 
     @property
     def work_dir(self) -> Path:
@@ -196,9 +199,12 @@ def _as_output_error(exc: OSError, stage: str, project_dir: Path):
     return err
 
 
-def run(m: dict, state: JobState, stop=None) -> dict:
-    """Run every stage that is not done; return {stage: 'ran'|'skipped'}."""
-    ctx = Context(m, state, stop)
+def run(m: dict, state: JobState, stop=None, prepared: dict | None = None) -> dict:
+    """Run every stage that is not done; return {stage: 'ran'|'skipped'}.
+
+    ``prepared``: what :func:`resources.machine.prepare_environment` decided, for the planner.
+    """
+    ctx = Context(m, state, stop, prepared)
     # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
     # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))

@@ -9,7 +9,6 @@ default 75% of the GPU. What to run with that budget is :mod:`.planner`'s decisi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -230,8 +229,8 @@ def prepare_environment(m: dict, env=None) -> dict:
     """Set JAX's GPU memory fraction from the budget; call before anything imports JAX.
 
     Returns what it decided ({"backend", "budget_bytes", "budget_source", "set": {...}}),
-    also kept in ``KPMS_JOB_BUDGET`` for the planner of this process and its restarts.
-    A variable the user set already (XLA_PYTHON_CLIENT_*) is left alone.
+    which ``cmd_run`` hands to the stages in the run context (``Context.prepared``) for the
+    planner. A variable the user set already (XLA_PYTHON_CLIENT_*) is left alone.
     """
     env = os.environ if env is None else env
     machine = detect(env)
@@ -253,7 +252,6 @@ def prepare_environment(m: dict, env=None) -> dict:
             out["set"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.3f}"
             log.info("GPU %s: %s budget (%s); JAX may take %.1f%% of it", g.index, model.gib(b), source,
                      100 * fraction)
-    env["KPMS_JOB_BUDGET"] = json.dumps(out)
     return out
 
 

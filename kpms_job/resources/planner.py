@@ -8,9 +8,7 @@ those attempts: ``run`` (:func:`plan_for_context`, :func:`after_out_of_memory`) 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 
 from ..errors import OutOfMemory
@@ -68,7 +66,7 @@ def plan_for_context(ctx) -> dict:
 
     res = ctx.m["resources"]
     backend = "gpu" if jax.default_backend() == "gpu" else "cpu"
-    prepared = json.loads(os.environ.get("KPMS_JOB_BUDGET", "{}"))
+    prepared = ctx.prepared or {}
     budget_bytes, source, device = _jax_budget(backend, prepared, res)
     shape = shape_from_state(ctx.m, ctx.state)
     old = ctx.state.get("resources") or {}
