@@ -320,6 +320,7 @@ def test_detect_gpus_and_cuda_visible_devices(two_gpus):
     m = machine.detect({})
     assert m.backend == "gpu" and [g.index for g in m.gpus] == ["0", "1"]
     assert m.gpus[0].total == 81559 << 20 and m.gpus[1].free == 20000 << 20
+    assert planner.device_name(m) == "NVIDIA H100 80GB HBM3"  # as JAX's device_kind names it
     m = machine.detect({"CUDA_VISIBLE_DEVICES": "1"})
     assert [g.index for g in m.gpus] == ["1"]
     m = machine.detect({"CUDA_VISIBLE_DEVICES": "GPU-bbb,0"})

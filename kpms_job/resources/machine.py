@@ -32,6 +32,7 @@ class Gpu:
     total: int
     free: int
     source: str
+    kind: str = ""  # the product name alone, as JAX's device_kind has it
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _nvml_gpus() -> list[Gpu] | None:
             uuid = pynvml.nvmlDeviceGetUUID(h)
             name = name.decode() if isinstance(name, bytes) else name
             uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-            out.append(Gpu(str(i), f"{name} {uuid}", int(mem.total), int(mem.free), "NVML"))
+            out.append(Gpu(str(i), f"{name} {uuid}", int(mem.total), int(mem.free), "NVML", name))
         return out
     finally:
         pynvml.nvmlShutdown()
@@ -106,7 +107,7 @@ def _smi_gpus() -> list[Gpu] | None:
             continue
         try:
             out.append(Gpu(parts[0], f"{parts[1]} {parts[2]}", int(float(parts[3])) << 20,
-                           int(float(parts[4])) << 20, "nvidia-smi"))
+                           int(float(parts[4])) << 20, "nvidia-smi", parts[1]))
         except ValueError:
             continue
     return out

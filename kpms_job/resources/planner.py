@@ -2,8 +2,9 @@
 
 The job state's ``resources`` entry keeps the settings in use, the budget, the estimates,
 every out-of-memory attempt and the peak memory seen. This module is the only reader of
-those attempts: ``run`` (:func:`plan_for_context`, :func:`after_out_of_memory`) and
-``plan`` (:mod:`.report`) take them from here, so they skip the same settings.
+those attempts (:func:`failed_settings`): ``run`` (:func:`plan_for_context`,
+:func:`after_out_of_memory`) and ``plan`` (:mod:`.report`) take them from here, so they skip
+the same settings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 from ..errors import OutOfMemory
 from . import ladder, model
-from .machine import budget, detect, peak_bytes, reset_peak
+from .machine import Machine, budget, detect, peak_bytes, reset_peak
 
 log = logging.getLogger("kpms_job")
 
@@ -31,7 +32,7 @@ def shape_from_state(m: dict, state) -> model.Shape | None:
                         num_states=int(m["model"]["num_states"]), recordings=lengths)
 
 
-def _signature(shape: model.Shape, backend: str, device: str, res: dict) -> str:
+def signature(shape: model.Shape, backend: str, device: str, res: dict) -> str:
     """What out-of-memory attempts are valid for: the sizes, the device and the budget setting.
 
     The measured budget is left out on purpose: free memory differs from one process to
@@ -42,6 +43,27 @@ def _signature(shape: model.Shape, backend: str, device: str, res: dict) -> str:
     return fingerprint(shape.recordings, shape.keypoints, shape.latent_dim, shape.num_states, backend, device,
                        res.get("vram_budget_gb", "auto"), res.get("parallel_message_passing", "auto"),
                        res.get("mixed_map_iters", "auto"))
+
+
+def device_name(found: Machine) -> str:
+    """The device as :func:`signature` names it, found without JAX: ``cpu``, or the first visible
+    GPU's name, which is what JAX reports as its ``device_kind`` (the CUDA device name)."""
+    return found.gpus[0].kind if found.backend == "gpu" and found.gpus else "cpu"
+
+
+def attempts_for(record: dict | None, sig: str | None) -> list[dict]:
+    """The attempts in a ``resources`` record made under signature ``sig``.
+
+    An attempt at other sizes, on another device or under other ``resources`` settings says
+    nothing about this fit: after the user raised the budget, a setting that failed is tried again.
+    """
+    return [a for a in (record or {}).get("attempts", []) if a.get("signature") == sig]
+
+
+def failed_settings(record: dict | None, sig: str | None) -> list[model.Setting]:
+    """The settings that already ran out of memory under ``sig``: what ``run`` and ``plan`` skip."""
+    return [model.Setting(bool(a["setting"]["parallel_message_passing"]), int(a["setting"]["mixed_map_iters"]))
+            for a in attempts_for(record, sig) if a.get("outcome") == "out of memory"]
 
 
 def _jax_budget(backend: str, prepared: dict, res: dict) -> tuple[float, str, str]:
@@ -72,9 +94,9 @@ def plan_for_context(ctx) -> dict:
     old = ctx.state.get("resources") or {}
     if shape is None:  # no ingest record (a fit run outside the pipeline): keep it simple
         shape = model.Shape(frames=1, keypoints=4, latent_dim=4, num_states=int(ctx.m["model"]["num_states"]))
-    sig = _signature(shape, backend, device, res)
-    attempts = [a for a in old.get("attempts", []) if a.get("signature") == sig]
-    failed = [a["setting"] for a in attempts if a.get("outcome") == "out of memory"]
+    sig = signature(shape, backend, device, res)
+    attempts = attempts_for(old, sig)
+    failed = failed_settings(old, sig)
     choice = ladder.choose(shape, budget_bytes, backend, res["parallel_message_passing"], res["mixed_map_iters"],
                            failed=failed)
     plan = {"backend": jax.default_backend(), **choice.as_dict(), "budget_source": source, "device": device,
@@ -177,7 +199,7 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
     backend = "gpu" if plan.get("backend") == "gpu" else "cpu"
     rungs = ladder.ladder(backend, shape.segments, res.get("parallel_message_passing", "auto"),
                           res.get("mixed_map_iters", "auto"))
-    failed = [model.Setting(**a["setting"]) for a in attempts if a.get("outcome") == "out of memory"]
+    failed = failed_settings(plan, plan.get("signature"))
     done = [rungs.index(f) for f in failed if f in rungs]
     left = rungs[max(done) + 1:] if done else rungs
     if len(left) > 1:  # skip rungs the model says save nothing over the failed one; keep the last

@@ -108,10 +108,15 @@ def plan_manifest(m: dict, state) -> None:
               "`kpms-job plan --frames N` estimates any size now")
         return
     old = state.get("resources") or {}
-    failed = [a["setting"] for a in old.get("attempts", []) if a.get("outcome") == "out of memory"]
+    sig = planner.signature(shape, found.backend, planner.device_name(found), res)
+    failed = planner.failed_settings(old, sig)
+    other = sum(a.get("outcome") == "out of memory" for a in old.get("attempts", [])) - len(failed)
     notes = list(found.notes)
     if failed:
         notes.append(f"{len(failed)} setting(s) ran out of memory before and are skipped")
+    if other:
+        notes.append(f"{other} out-of-memory attempt(s) under other sizes, device or resources settings "
+                     "do not count: their settings are tried again")
     if not (state.stage("pca") or {}).get("info"):
         notes.append(f"latent_dim {shape.latent_dim} assumed until PCA has run")
     print("\n".join(report(shape, budget, source, found.backend, res.get("parallel_message_passing", "auto"),
