@@ -8,7 +8,7 @@ DeepLabCut's own older h5; 2330 frames x 4 keypoints each); ``golden_mouse`` is 
 4860-frame recording with 27 keypoints.
 
 The parent process plans against this machine's memory with the job's own planner
-(:func:`kpms_job.memory.choose` on :func:`kpms_job.resources.budget`; no JAX in the parent),
+(:func:`kpms_job.resources.ladder.choose` on :func:`kpms_job.resources.machine.budget`; no JAX in the parent),
 then starts a fresh child process that loads and tiles the data, runs PCA and the model
 initialisation and ``--iters`` full-model Gibbs iterations through the job's adapter
 (``kpms_adapter.run_gibbs``) with the chosen settings. The measured peak is the child's peak
@@ -158,21 +158,22 @@ def main(argv=None) -> int:
     if missing:
         print(f"skipped: {missing[0]} is not here (../shared/data holds the real recordings)")
         return 0
-    from kpms_job import memory, resources
+    from kpms_job.resources import ladder, model
+    from kpms_job.resources import machine as host
 
-    machine = resources.detect({**os.environ, "JAX_PLATFORMS": "cpu"})
+    machine = host.detect({**os.environ, "JAX_PLATFORMS": "cpu"})
     if args.budget_gb:
         budget, source = args.budget_gb * GiB, "--budget-gb"
     else:
-        budget, source = resources.budget(machine, "auto")
+        budget, source = host.budget(machine, "auto")
     lengths = tiled_lengths(args.frames)
-    shape = memory.Shape(frames=args.frames, keypoints=keypoints, latent_dim=args.latent_dim,
+    shape = model.Shape(frames=args.frames, keypoints=keypoints, latent_dim=args.latent_dim,
                          num_states=args.num_states, recordings=tuple(lengths))
-    choice = memory.choose(shape, budget, "cpu")
-    setting = memory.Setting(False, args.mixed_map_iters) if args.mixed_map_iters else choice.setting
-    est_full = memory.estimate(shape, setting, "full_model", "cpu")
-    est_ar = memory.estimate(shape, setting, "arhmm", "cpu")  # the child's init runs the discrete step
-    est = memory.need(est_ar, est_full)
+    choice = ladder.choose(shape, budget, "cpu")
+    setting = model.Setting(False, args.mixed_map_iters) if args.mixed_map_iters else choice.setting
+    est_full = model.estimate(shape, setting, "full_model", "cpu")
+    est_ar = model.estimate(shape, setting, "arhmm", "cpu")  # the child's init runs the discrete step
+    est = ladder.need(est_ar, est_full)
     print(f"data: {', '.join(f.name for f in files)} (real {fmt} tracking, {keypoints} keypoints) TILED into "
           f"{len(lengths)} recordings = {shape.frames:,} frames: repeats of real recordings, not new recordings; "
           f"{shape.segments} segments, {shape.padded_frames:,} padded frames; latent_dim {args.latent_dim}, "
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     if setting != choice.setting:
         print(f"forced: {setting.label()}")
     print(f"estimate: {est.describe()}")
-    avail = resources.system_memory()[1]
+    avail = host.system_memory()[1]
     if est.total > 0.95 * avail:
         print(f"refusing to run: the estimate ({est.total / GiB:.1f} GiB) does not fit the {avail / GiB:.1f} GiB "
               "available now")

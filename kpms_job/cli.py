@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             sp.add_argument("--wait", action="store_true",
                             help="if another job holds the project dir, wait for it instead of exiting")
+            # how many times this job has restarted itself after running out of memory: the count
+            # crosses into the fresh process (exec or child) on its command line
+            sp.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
         if name == "plan":
             sp.add_argument("--frames", type=int, help="plan memory for this many frames (no manifest needed)")
             sp.add_argument("--keypoints", type=int, default=8, help="with --frames: keypoints (default 8)")
@@ -85,11 +88,11 @@ def cmd_plan(args) -> int:
         if args.frames is None:
             raise UsageError("command line: plan needs a manifest, or --frames N (see kpms-job --help)")
         try:
-            from . import memory_cli
+            from .resources import report
         except ImportError as exc:
             raise UsageError("command line: plan --frames needs the memory planner, which this version "
                              "of kpms-job does not include; plan a manifest instead") from exc
-        return memory_cli.plan_frames(args)
+        return report.plan_frames(args)
     m = manifest.load(args.manifest)
     state = JobState(m["project_dir"])
     decisions = pipeline.decide(m, state)
@@ -99,9 +102,9 @@ def cmd_plan(args) -> int:
     n = sum(d.run for d in decisions)
     print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
     try:
-        from . import memory_cli
+        from .resources import report
 
-        memory_cli.plan_manifest(m, state)
+        report.plan_manifest(m, state)
     except ImportError:
         pass
     return EXIT_OK
@@ -146,26 +149,41 @@ def _restart(args) -> int:
     if os.environ.get("KPMS_JOB_FAULT"):
         left = faults._parse()
         os.environ["KPMS_JOB_FAULT"] = ",".join(f"{action}@{where}" for where, action in left.items())
-    os.environ["KPMS_JOB_RESTARTS"] = str(int(os.environ.get("KPMS_JOB_RESTARTS", "0")) + 1)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     for handler in logging.getLogger("kpms_job").handlers:
         handler.flush()
+    again = f"--restarts={args.restarts + 1}"
     if _same_invocation(args):
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        # the interpreter, its options and the program (``-m kpms_job``, a script) as they were
+        program = sys.orig_argv[:len(sys.orig_argv) - (len(sys.argv) - 1)]
+        os.execv(sys.executable, [sys.executable, *program[1:], *_without_restarts(sys.argv[1:]), again])
     import subprocess  # called in-process (tests, notebooks): run the restart as a child
 
-    cmd = [sys.executable, "-m", "kpms_job", "run", args.manifest]
+    cmd = [sys.executable, "-m", "kpms_job", "run", args.manifest, again]
     cmd += ["--wait"] * bool(args.wait) + ["--debug"] * bool(args.debug)
     return subprocess.call(cmd)
 
 
+def _without_restarts(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--restarts N`` / ``--restarts=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--restarts":
+            skip = True
+        elif not a.startswith("--restarts="):
+            out.append(a)
+    return out
+
+
 def cmd_run(args) -> int:
-    import os
     import time
 
-    from . import inputs, manifest, pipeline, resources, signals, watchdog
+    from . import inputs, manifest, pipeline, signals, watchdog
     from .errors import Interrupted, OutOfMemory
+    from .resources import machine, planner
     from .state import JobState, ProjectLock
 
     t0 = time.monotonic()
@@ -187,20 +205,20 @@ def cmd_run(args) -> int:
                   f"({time.monotonic() - t0:.1f} s)")
             return _tuning_verdict(state, m)
         # JAX reads its GPU memory fraction when it starts: set it from the budget now
-        resources.prepare_environment(m)
+        prepared = machine.prepare_environment(m)
         watchdog.start(state=state, lock=lock)  # a hang (e.g. an XLA:CPU deadlock) ends in exit 76, not silence
         try:
-            outcome = pipeline.run(m, state, stop=signals.requested)
+            outcome = pipeline.run(m, state, stop=signals.requested, prepared=prepared)
         except JobError as exc:
             if not _fit_out_of_memory(exc):
                 raise
             stage = next((d.stage.name for d in pipeline.decide(m, state) if d.run), None)
-            resources.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
-            if int(os.environ.get("KPMS_JOB_RESTARTS", "0")) >= 64:
+            planner.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
+            if args.restarts >= 64:
                 raise OutOfMemory(f"out of memory, and 64 restarts did not get past it: {exc}") from exc
             restart = True
         else:
-            resources.record_peak(state)
+            planner.record_peak(state)
         finally:
             watchdog.stop()
         if signals.requested():

@@ -82,7 +82,7 @@ import numpy as np
 
 from . import faults, watchdog
 from .errors import InputDataError, JobError
-from .memory import kalman_scan_allowed
+from .resources.model import kalman_scan_allowed
 
 log = logging.getLogger("kpms_job")
 

@@ -161,7 +161,7 @@ def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision
 class Context:
     """What a stage gets: the manifest, the project dir, the state and shared helpers."""
 
-    def __init__(self, m: dict, state: JobState, stop=None):
+    def __init__(self, m: dict, state: JobState, stop=None, prepared: dict | None = None):
         self.m = m
         self.project_dir = Path(m["project_dir"])
         self.state = state
@@ -170,6 +170,9 @@ class Context:
         self.fingerprints: dict = {}
         self.stage_names = list(ORDER)
         self.versions = package_versions()
+        # what resources.machine.prepare_environment decided before JAX started (the budget and
+        # JAX's memory settings); None where nothing was prepared (a stage run on its own)
+        self.prepared = prepared
 
     @property
     def work_dir(self) -> Path:
@@ -210,19 +213,20 @@ def _as_output_error(exc: OSError, stage: str, project_dir: Path):
     return err
 
 
-def run(m: dict, state: JobState, stop=None) -> dict:
+def run(m: dict, state: JobState, stop=None, prepared: dict | None = None) -> dict:
     """Run every stage that is not done; return {stage: 'ran'|'skipped'}.
 
     A lock taken over by another job (``state.lock``) ends the run with LockLost at the next
     safe point: a stage start, a state write, or the stop poll after each Gibbs iteration
-    (before that iteration's snapshot is written).
+    (before that iteration's snapshot is written). ``prepared``: what
+    :func:`resources.machine.prepare_environment` decided, for the planner.
     """
 
     def stop_or_lost() -> bool:
         state.check()
         return bool(stop is not None and stop())
 
-    ctx = Context(m, state, stop_or_lost)
+    ctx = Context(m, state, stop_or_lost, prepared)
     # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
     # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))

@@ -1,7 +1,7 @@
 """Stall watchdog: a job that stops making progress says where, keeps its work and exits 76.
 
 Why: jaxlib's CPU LAPACK kernels can deadlock XLA:CPU's thread pool (see
-:func:`kpms_job.memory.kalman_scan_allowed`); a deadlocked process sits at 0% CPU forever and,
+:func:`kpms_job.resources.model.kalman_scan_allowed`); a deadlocked process sits at 0% CPU forever and,
 on a cluster, burns its whole allocation printing nothing. The job avoids the known cause, and
 this thread makes any other hang visible and bounded.
 

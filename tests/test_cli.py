@@ -153,3 +153,17 @@ def test_errors_are_plain_text_when_there_is_no_terminal(tmp_path):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("kpms-job: error:") and "fps:" in res.stderr
     assert "\x1b[" not in res.stderr  # no colour codes in logs
+
+
+def test_the_restart_count_crosses_to_the_fresh_process_on_its_command_line(capsys):
+    """After an out-of-memory error the job execs itself with ``--restarts=N+1`` (hidden from --help),
+    replacing the count it was started with, whichever way that was written."""
+    from kpms_job.cli import _without_restarts, build_parser
+
+    assert build_parser().parse_args(["run", "m.yml"]).restarts == 0
+    assert build_parser().parse_args(["run", "m.yml", "--restarts=3"]).restarts == 3
+    assert _without_restarts(["run", "m.yml", "--restarts", "3", "--wait"]) == ["run", "m.yml", "--wait"]
+    assert _without_restarts(["m.yml", "--restarts=2", "--debug"]) == ["m.yml", "--debug"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    assert "--restarts" not in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """The memory model, the planner and the machine detection (no JAX, except the slow checks, in subprocesses).
 
 The model's arithmetic is checked against estimates worked out by hand from
-:data:`memory.COEFFS`; the planner's answers against a table of sizes and budgets with the
+:data:`model.COEFFS`; the planner's answers against a table of sizes and budgets with the
 setting it must pick written out (and, as a second check, against the model itself: a
 chosen setting's estimate fits the budget and every faster setting's does not), and
 against ``kpms-job plan --frames``. The slow test at the end compiles the
@@ -18,9 +18,9 @@ import sys
 
 import pytest
 
-from kpms_job import memory, resources
 from kpms_job.errors import OutOfMemory
-from kpms_job.memory import GiB, Setting, Shape
+from kpms_job.resources import ladder, machine, model, planner
+from kpms_job.resources.model import GiB, Setting, Shape
 from kpms_job.state import JobState
 
 
@@ -31,7 +31,7 @@ def test_segments_match_keypoint_moseq(lengths):
     from keypoint_moseq.util import _find_optimal_segment_length  # numpy-only helper, no tracing
 
     lengths = [n for n in lengths if n > 4]
-    assert memory.seg_length_for(lengths) == _find_optimal_segment_length(lengths)
+    assert model.seg_length_for(lengths) == _find_optimal_segment_length(lengths)
 
 
 def test_padded_frames_are_segments_times_length_plus_overlap():
@@ -42,31 +42,31 @@ def test_padded_frames_are_segments_times_length_plus_overlap():
 
 
 def test_ladder_order_cpu_gpu_and_pinned_values():
-    assert memory.ladder("cpu", 5) == [Setting(False, i) for i in (1, 2, 4, 5)]
-    gpu = memory.ladder("gpu", 8)
+    assert ladder.ladder("cpu", 5) == [Setting(False, i) for i in (1, 2, 4, 5)]
+    gpu = ladder.ladder("gpu", 8)
     assert gpu == [Setting(True, i) for i in (1, 2, 4, 8)] + [Setting(False, i) for i in (1, 2, 4, 8)]
-    assert memory.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
-    assert memory.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
-    assert memory.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
+    assert ladder.ladder("cpu", 1) == [Setting(False, 1)]  # one segment: batching changes nothing
+    assert ladder.ladder("gpu", 8, parallel=False) == [Setting(False, i) for i in (1, 2, 4, 8)]
+    assert ladder.ladder("gpu", 8, mixed_map_iters=3) == [Setting(True, 3), Setting(False, 3)]
     # a CPU never gets the associative scan, even pinned: its batched LU calls deadlock XLA:CPU
-    assert memory.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(False, 2)]
-    assert memory.ladder("gpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
+    assert ladder.ladder("cpu", 8, parallel=True, mixed_map_iters=2) == [Setting(False, 2)]
+    assert ladder.ladder("gpu", 8, parallel=True, mixed_map_iters=2) == [Setting(True, 2)]
 
 
 def test_estimates_fall_along_the_ladder_and_grow_with_size():
     shape = Shape(frames=2_000_000, keypoints=10, latent_dim=8, num_states=100)
-    totals = [memory.estimate(shape, s, backend="gpu").total for s in memory.ladder("gpu", shape.segments)]
+    totals = [model.estimate(shape, s, backend="gpu").total for s in ladder.ladder("gpu", shape.segments)]
     pmp_on, pmp_off = totals[:len(totals) // 2], totals[len(totals) // 2:]
     assert pmp_on == sorted(pmp_on, reverse=True) and pmp_off == sorted(pmp_off, reverse=True)
     assert pmp_on[0] > pmp_off[0]  # the associative scan needs more than the sequential filter
-    base = memory.estimate(shape, Setting(False, 1)).total
+    base = model.estimate(shape, Setting(False, 1)).total
     for change in ({"frames": 4_000_000}, {"keypoints": 20}, {"latent_dim": 12}):
-        assert memory.estimate(memory._with(shape, **change), Setting(False, 1)).total > base, change
-    ar = memory.estimate(shape, None, "arhmm")
-    assert memory.estimate(memory._with(shape, num_states=200), None, "arhmm").total > ar.total
-    assert ar.total < base and set(ar.steps) == set(memory.STEPS_ARHMM)
+        assert model.estimate(ladder._with(shape, **change), Setting(False, 1)).total > base, change
+    ar = model.estimate(shape, None, "arhmm")
+    assert model.estimate(ladder._with(shape, num_states=200), None, "arhmm").total > ar.total
+    assert ar.total < base and set(ar.steps) == set(model.STEPS_ARHMM)
     # the discrete step is batched too: the AR-HMM shrinks with mixed_map_iters until another step dominates
-    ar2 = memory.estimate(shape, Setting(False, 2), "arhmm")
+    ar2 = model.estimate(shape, Setting(False, 2), "arhmm")
     assert ar2.steps["discrete"] < 0.6 * ar.steps["discrete"] and ar2.total < ar.total
 
 
@@ -74,17 +74,17 @@ def test_a_cpu_fit_of_any_size_samples_the_centroid_sequentially_and_the_model_f
     """jax-moseq's associative scan (batched LU) deadlocks XLA:CPU's thread pool (49,000 frames in 9
     recordings, 1 M frames): a CPU fit of any size uses the sequential filter, and the estimate
     uses that step's terms; a GPU keeps the scan."""
-    assert not memory.kalman_scan_allowed("cpu") and memory.kalman_scan_allowed("gpu")
+    assert not model.kalman_scan_allowed("cpu") and model.kalman_scan_allowed("gpu")
     small = Shape(frames=49_500, keypoints=9, latent_dim=10, num_states=100, recordings=(5_500,) * 9)
-    est = memory.estimate(small, Setting(False, 1), backend="cpu")
-    assert est.steps["location"] == memory.batched_bytes("location.seq", small, 1)
+    est = model.estimate(small, Setting(False, 1), backend="cpu")
+    assert est.steps["location"] == model.batched_bytes("location.seq", small, 1)
     shape = Shape(frames=1_000_000, keypoints=8, latent_dim=10, num_states=100)
 
     def term(kind):
-        return memory.batched_bytes(f"location.{kind}", shape, 1)
+        return model.batched_bytes(f"location.{kind}", shape, 1)
 
-    assert memory.estimate(shape, Setting(False, 1), backend="cpu").steps["location"] == term("seq")
-    assert memory.estimate(shape, Setting(False, 1), backend="gpu").steps["location"] == term("par")
+    assert model.estimate(shape, Setting(False, 1), backend="cpu").steps["location"] == term("seq")
+    assert model.estimate(shape, Setting(False, 1), backend="gpu").steps["location"] == term("par")
     assert term("seq") != term("par")
 
 
@@ -104,7 +104,7 @@ def test_an_estimate_equals_the_model_worked_out_by_hand():
     These numbers follow COEFFS: a recalibration changes them, and this test with it."""
     shape = Shape(frames=2330, keypoints=4, latent_dim=4, num_states=20)
     assert (shape.seg_length, shape.segments, shape.padded_frames) == (2330, 1, 2360)
-    est = memory.estimate(shape, Setting(False, 1), backend="cpu")
+    est = model.estimate(shape, Setting(False, 1), backend="cpu")
     approx = pytest.approx
     assert est.steps["transitions"] == approx(17.436 * 2360)
     assert est.steps["ar_params"] == approx(294.44 * 2360)
@@ -117,7 +117,7 @@ def test_an_estimate_equals_the_model_worked_out_by_hand():
     assert est.resident == 8 * 65 * 2360 == 1_227_200
     assert est.base == approx(2.2 * 2**30)
     assert est.total == approx(2.2 * 2**30 + 1_227_200 + 6_012_527.16)
-    ar = memory.estimate(shape, None, "arhmm", backend="cpu")
+    ar = model.estimate(shape, None, "arhmm", backend="cpu")
     assert set(ar.steps) == {"transitions", "ar_params", "discrete"}
     assert ar.total == approx(2.2 * 2**30 + 1_227_200 + 438.069 * 2360)
 
@@ -128,16 +128,16 @@ def test_a_batched_estimate_counts_the_whole_part_over_all_frames_and_the_chunk_
     hand: whole 322.083 bytes/frame, chunk 2225.598 (see the test above, same K, D, LD)."""
     shape = Shape(frames=20_000, keypoints=4, latent_dim=4, num_states=20, recordings=(10_000, 10_000))
     assert (shape.segments, shape.padded_frames, shape.chunk_frames(2)) == (2, 20_060, 10_030)
-    one = memory.estimate(shape, Setting(False, 1), backend="cpu").steps["continuous"]
-    two = memory.estimate(shape, Setting(False, 2), backend="cpu").steps["continuous"]
+    one = model.estimate(shape, Setting(False, 1), backend="cpu").steps["continuous"]
+    two = model.estimate(shape, Setting(False, 2), backend="cpu").steps["continuous"]
     assert one == pytest.approx((322.083 + 2225.598) * 20_060)
     assert two == pytest.approx(322.083 * 20_060 + 2225.598 * 10_030)
 
 
 def test_the_model_has_a_coefficient_for_every_term():
-    assert set(memory.COEFFS) == set(memory.STEP_FEATURES)
-    for term, coeffs in memory.COEFFS.items():
-        assert set(coeffs) <= set(memory.STEP_FEATURES[term]), term
+    assert set(model.COEFFS) == set(model.STEP_FEATURES)
+    for term, coeffs in model.COEFFS.items():
+        assert set(coeffs) <= set(model.STEP_FEATURES[term]), term
 
 
 # ---------------------------------------------------------------- the planner
@@ -165,14 +165,14 @@ TABLE = [
 def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb, backend, expected):
     shape = Shape(frames=frames, keypoints=k, latent_dim=d, num_states=s)
     budget = gb * GiB
-    c = memory.choose(shape, budget, backend)
+    c = ladder.choose(shape, budget, backend)
     assert (c.setting.parallel_message_passing, c.setting.mixed_map_iters) == expected
     assert c.fits  # every row of the table fits its budget
-    rungs = memory.ladder(backend, shape.segments)
-    limit = memory.FILL * budget
+    rungs = ladder.ladder(backend, shape.segments)
+    limit = ladder.FILL * budget
 
     def need(r):  # what a setting needs: the bigger of its AR-HMM and its full model
-        return max(memory.estimate(shape, r, "arhmm", backend).total, memory.estimate(shape, r, backend=backend).total)
+        return max(model.estimate(shape, r, "arhmm", backend).total, model.estimate(shape, r, backend=backend).total)
 
     fitting = [r for r in rungs if need(r) <= limit]
     if fitting:
@@ -192,35 +192,35 @@ def test_plan_picks_the_fastest_setting_the_model_says_fits(frames, k, d, s, gb,
 
 
 def test_gpu_plans_turn_parallel_message_passing_off_only_when_it_does_not_fit():
-    small = memory.choose(Shape(frames=20_000, keypoints=8, latent_dim=6, num_states=50), 40 * GiB, "gpu")
+    small = ladder.choose(Shape(frames=20_000, keypoints=8, latent_dim=6, num_states=50), 40 * GiB, "gpu")
     assert small.fits and small.setting == Setting(True, 1)
     expected = {200_000: Setting(True, 1), 1_000_000: Setting(True, 4), 3_000_000: Setting(True, 32),
                 6_000_000: Setting(False, 4)}  # between 3 and 6 million frames the scan stops fitting 40 GiB
     for frames, setting in expected.items():
         shape = Shape(frames=frames, keypoints=8, latent_dim=10, num_states=100)
-        c = memory.choose(shape, 40 * GiB, "gpu")
+        c = ladder.choose(shape, 40 * GiB, "gpu")
         assert c.fits and c.setting == setting, frames
         if not c.setting.parallel_message_passing:
-            for r in memory.ladder("gpu", shape.segments):
+            for r in ladder.ladder("gpu", shape.segments):
                 if r.parallel_message_passing:
-                    assert memory.estimate(shape, r, backend="gpu").total > memory.FILL * 40 * GiB
+                    assert model.estimate(shape, r, backend="gpu").total > ladder.FILL * 40 * GiB
 
 
 def test_failed_settings_are_skipped_and_the_plan_goes_on_after_them():
     shape = Shape(frames=50_000, keypoints=4, latent_dim=4, num_states=20)
-    assert memory.choose(shape, 64 * GiB).setting == Setting(False, 1)
-    after = memory.choose(shape, 64 * GiB, failed=[{"parallel_message_passing": False, "mixed_map_iters": 1}])
+    assert ladder.choose(shape, 64 * GiB).setting == Setting(False, 1)
+    after = ladder.choose(shape, 64 * GiB, failed=[{"parallel_message_passing": False, "mixed_map_iters": 1}])
     assert after.setting == Setting(False, 2) and "ran out of memory before" in after.reason
-    last = memory.choose(shape, 64 * GiB, failed=[Setting(False, 5)])  # 5 segments: the last rung
+    last = ladder.choose(shape, 64 * GiB, failed=[Setting(False, 5)])  # 5 segments: the last rung
     assert last.tried == [] and not last.fits
 
 
 def test_max_frames_is_where_the_plan_stops_fitting():
     shape = Shape(frames=1_000, keypoints=8, latent_dim=10, num_states=100)
-    n = memory.max_frames(shape, 24 * GiB)
+    n = ladder.max_frames(shape, 24 * GiB)
     assert 10_000_000 <= n < 10_500_000  # 10.28 million: the plan for 10 million fits 24 GiB (see TABLE)
-    assert memory.choose(memory._with(shape, frames=n), 24 * GiB).fits
-    assert not memory.choose(memory._with(shape, frames=int(n * 1.05) + 10_000), 24 * GiB).fits
+    assert ladder.choose(ladder._with(shape, frames=n), 24 * GiB).fits
+    assert not ladder.choose(ladder._with(shape, frames=int(n * 1.05) + 10_000), 24 * GiB).fits
 
 
 @pytest.mark.slow
@@ -326,12 +326,12 @@ def test_plan_10_million_frames_on_24_gib_of_cpu_memory_fits_and_explains_its_ch
     assert "chosen: parallel_message_passing=False, mixed_map_iters=32\n" in out
     why = next(line for line in out.splitlines() if line.strip().startswith("why"))
     assert "faster setting(s) need more" in why and "the fastest that fits" in why and "2.2 GiB process" in why
-    n = memory.max_frames(Shape(frames=1, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
+    n = ladder.max_frames(Shape(frames=1, keypoints=8, latent_dim=10, num_states=100), 24 * GiB, "cpu")
     assert 10_000_000 <= n < 20_000_000
 
 
 def test_plan_device_gpu_on_a_machine_without_one_needs_the_gpus_memory(cli, monkeypatch):
-    monkeypatch.setattr(resources, "detect", lambda env=None: resources.Machine("cpu", ram_total=GiB,
+    monkeypatch.setattr(machine, "detect", lambda env=None: machine.Machine("cpu", ram_total=GiB,
                                                                                  ram_available=GiB))
     code, _, err = cli("plan", "--frames", "1000000", "--device", "gpu")
     assert code == 2 and "--budget-gb" in err
@@ -361,58 +361,59 @@ SMI = ["0, NVIDIA H100 80GB HBM3, GPU-aaa, 81559, 80000", "1, NVIDIA H100 80GB H
 @pytest.fixture
 def two_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{_fake_smi(tmp_path, SMI)}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(resources, "_nvml_gpus", lambda: None)
-    monkeypatch.setattr(resources, "jax_has_cuda", lambda: True)
+    monkeypatch.setattr(machine, "_nvml_gpus", lambda: None)
+    monkeypatch.setattr(machine, "jax_has_cuda", lambda: True)
 
 
 def test_detect_gpus_and_cuda_visible_devices(two_gpus):
-    m = resources.detect({})
+    m = machine.detect({})
     assert m.backend == "gpu" and [g.index for g in m.gpus] == ["0", "1"]
     assert m.gpus[0].total == 81559 << 20 and m.gpus[1].free == 20000 << 20
-    m = resources.detect({"CUDA_VISIBLE_DEVICES": "1"})
+    assert planner.device_name(m) == "NVIDIA H100 80GB HBM3"  # as JAX's device_kind names it
+    m = machine.detect({"CUDA_VISIBLE_DEVICES": "1"})
     assert [g.index for g in m.gpus] == ["1"]
-    m = resources.detect({"CUDA_VISIBLE_DEVICES": "GPU-bbb,0"})
+    m = machine.detect({"CUDA_VISIBLE_DEVICES": "GPU-bbb,0"})
     assert [g.index for g in m.gpus] == ["1", "0"]
     for hidden in ("", "-1"):
-        m = resources.detect({"CUDA_VISIBLE_DEVICES": hidden})
+        m = machine.detect({"CUDA_VISIBLE_DEVICES": hidden})
         assert m.backend == "cpu" and not m.gpus and "hides every GPU" in " ".join(m.notes)
-    assert resources.detect({"JAX_PLATFORMS": "cpu"}).backend == "cpu"
+    assert machine.detect({"JAX_PLATFORMS": "cpu"}).backend == "cpu"
 
 
 def test_gpus_without_a_cuda_jax_plan_for_the_cpu(two_gpus, monkeypatch):
-    monkeypatch.setattr(resources, "jax_has_cuda", lambda: False)
-    m = resources.detect({})
+    monkeypatch.setattr(machine, "jax_has_cuda", lambda: False)
+    m = machine.detect({})
     assert m.backend == "cpu" and "no CUDA plugin" in " ".join(m.notes)
 
 
 def test_gpu_budget_sets_jax_memory_fraction_before_jax_starts(two_gpus):
     env = {}
-    out = resources.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
+    out = machine.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
     frac = float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"])
     assert out["backend"] == "gpu" and out["budget_bytes"] == 20 * GiB
-    assert frac == pytest.approx((20 * GiB - memory.GPU_CONTEXT_BYTES) / (81559 << 20), abs=1e-3)
+    assert frac == pytest.approx((20 * GiB - model.GPU_CONTEXT_BYTES) / (81559 << 20), abs=1e-3)
     env = {"CUDA_VISIBLE_DEVICES": "1"}
-    out = resources.prepare_environment({"resources": {"vram_budget_gb": "auto"}}, env)
+    out = machine.prepare_environment({"resources": {"vram_budget_gb": "auto"}}, env)
     assert out["budget_bytes"] == 20000 << 20  # what is free on the visible GPU, not 75% of it
     assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) < 0.25
-    assert json.loads(env["KPMS_JOB_BUDGET"])["budget_bytes"] == 20000 << 20
+    assert set(env) == {"CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION"}  # the budget goes back, not in env
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # the user's own setting wins
-    resources.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
+    machine.prepare_environment({"resources": {"vram_budget_gb": 20}}, env)
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
     env = {}
-    out = resources.prepare_environment({"resources": {"vram_budget_gb": 500}}, env)
+    out = machine.prepare_environment({"resources": {"vram_budget_gb": 500}}, env)
     assert out["budget_bytes"] == 81559 << 20 and float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.95
 
 
 def test_cpu_budget_is_available_memory_or_the_manifest_number():
-    m = resources.detect({"JAX_PLATFORMS": "cpu"})
+    m = machine.detect({"JAX_PLATFORMS": "cpu"})
     assert m.ram_total > 0 and 0 < m.ram_available <= m.ram_total
-    auto, source = resources.budget(m, "auto")
+    auto, source = machine.budget(m, "auto")
     assert auto >= m.ram_available and "available" in source
-    small, source = resources.budget(m, 0.5)
+    small, source = machine.budget(m, 0.5)
     assert small == 0.5 * GiB and "vram_budget_gb" in source
     env = {"JAX_PLATFORMS": "cpu"}
-    resources.prepare_environment({"resources": {}}, env)
+    machine.prepare_environment({"resources": {}}, env)
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env  # the CPU backend preallocates nothing
 
 
@@ -435,7 +436,7 @@ def _failing(state, tmp_path, mmi):
                             "parallel_message_passing": False, "mixed_map_iters": mmi, "budget_bytes": 8 * GiB,
                             "budget_source": "test", "signature": "s",
                             "estimate_bytes": {"arhmm": GiB, "full_model": 2 * GiB}})
-    return resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED: Out of memory", "full_model")
+    return planner.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED: Out of memory", "full_model")
 
 
 def test_out_of_memory_escalates_then_ends_in_exit_4(tmp_path):
@@ -465,14 +466,14 @@ def test_an_arhmm_out_of_memory_skips_settings_that_save_the_arhmm_nothing(tmp_p
     state = _state_with_ingest(tmp_path, (2330,) * 4)  # tiny: by the model, batching saves nothing measurable
     state.put("resources", {"backend": "cpu", "parallel_message_passing": False, "mixed_map_iters": 1,
                             "budget_bytes": GiB, "signature": "s", "estimate_bytes": {"arhmm": 1, "full_model": 1}})
-    nxt = resources.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "arhmm")
+    nxt = planner.after_out_of_memory(MANIFEST, state, "RESOURCE_EXHAUSTED", "arhmm")
     assert nxt == {"parallel_message_passing": False, "mixed_map_iters": 4}
 
 
 def test_peak_memory_is_recorded_in_the_state(tmp_path):
     state = JobState(tmp_path)
     state.put("resources", {"backend": "cpu", "estimate_bytes": {"full_model": GiB}})
-    peak = resources.record_peak(state)
+    peak = planner.record_peak(state)
     rec = JobState(tmp_path).get("resources")
     assert peak > 10 << 20 and rec["peak_bytes"] == peak and "resident" in rec["peak_source"]
 
@@ -487,7 +488,7 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
     code = textwrap.dedent("""
         import json
         from kpms_job import kpms_adapter as A
-        from kpms_job.memory import BATCHED
+        from kpms_job.resources.model import BATCHED
         data, model = A.calibration_model(6, 5, 60)
         out = {}
         for mmi in (1, 3):
@@ -501,7 +502,7 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
     measured = json.loads(res.stdout.split("JSON", 1)[1])
     shape = Shape(frames=6 * 5000, keypoints=6, latent_dim=5, num_states=60, recordings=(5000,) * 6)
     for mmi, steps in measured.items():
-        est = memory.estimate(shape, Setting(False, int(mmi)))
+        est = model.estimate(shape, Setting(False, int(mmi)))
         # compiled with the sequential filter everywhere, as a CPU fit of any size runs it
         for step, mem in steps.items():
             got = mem["temp"] + mem["output"]

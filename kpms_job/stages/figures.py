@@ -45,7 +45,7 @@ def memory_cap() -> int:
     """Bytes a figure child may hold: ``KPMS_JOB_FIGURE_MEM_GB``, else half the memory available."""
     if os.environ.get("KPMS_JOB_FIGURE_MEM_GB"):
         return int(float(os.environ["KPMS_JOB_FIGURE_MEM_GB"]) * GiB)
-    from ..resources import system_memory
+    from ..resources.machine import system_memory
 
     return max(GiB, system_memory()[1] // 2)
 

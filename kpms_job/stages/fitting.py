@@ -20,11 +20,11 @@ def settings(ctx) -> dict:
     """Fitting settings from the memory plan (chosen once per process, before any trace)."""
     if "settings" not in ctx.cache:
         from .. import kpms_adapter as A
-        from .. import resources
+        from ..resources import planner
 
-        plan = resources.plan_for_context(ctx)
+        plan = planner.plan_for_context(ctx)
         A.configure(plan["mixed_map_iters"])
-        resources.watch_peak(ctx)  # the peak memory seen goes into the state after each iteration
+        planner.watch_peak(ctx)  # the peak memory seen goes into the state after each iteration
         ctx.cache["settings"] = plan
     return ctx.cache["settings"]
 

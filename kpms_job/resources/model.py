@@ -16,9 +16,9 @@ step term comes from XLA's own buffer assignment (``compiled.memory_analysis()``
 
 Every step's memory is linear in the number of (padded) frames. Its bytes per frame are
 a linear combination of features of the model's size (:func:`features`), with
-coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
-for a grid of small real shapes and fits them by least squares (``python -m
-kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Four steps are split by
+coefficients measured, not guessed: ``tools/calibrate_memory.py`` compiles the real
+jax-moseq steps for a grid of small real shapes and fits them by least squares (it prints
+a new :data:`COEFFS`). Four steps are split by
 ``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
 (``continuous``) and, batched by the adapter's patches of jax-moseq (see
 :mod:`kpms_job.kpms_adapter`), the discrete-state sampling of both models (``discrete``), the
@@ -40,16 +40,12 @@ BYTES = 8  # float64 / int64: keypoint-moseq enables jax x64
 SEG_OVERLAP = 30  # jax_moseq.utils.batch(seg_overlap=30)
 MAX_SEG_LENGTH = 10_000  # keypoint_moseq.util.format_data(max_seg_length=10_000)
 
-#: Fraction of the budget a plan may fill (the rest is headroom for fragmentation
-#: and what the model leaves out).
-FILL = 0.9
-
 # --------------------------------------------------------------------------- constants
 #: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
-#: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
-#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames). ``discrete.*``
+#: Measured with ``tools/calibrate_memory.py`` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
+#: XLA:CPU; its grid at 4 segments x 10,030 frames). ``discrete.*``
 #: and ``ar_params`` re-measured after the adapter's patches of those two steps
-#: (``python -m kpms_job.memory --calibrate --steps discrete,ar_params``: the same grid,
+#: (``tools/calibrate_memory.py --calibrate --steps discrete,ar_params``: the same grid,
 #: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
 #: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
 #: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
@@ -83,11 +79,6 @@ GPU_CONTEXT_BYTES = int(0.6 * GiB)
 
 STEPS_ARHMM = ("transitions", "ar_params", "discrete")
 STEPS_FULL = STEPS_ARHMM + ("continuous", "heading", "location", "scales")
-
-#: The shapes (keypoints, latent_dim, num_states) :func:`calibrate` compiles.
-CALIBRATION_GRID = ((4, 4, 100), (8, 4, 100), (8, 8, 100), (8, 8, 30), (12, 10, 100), (16, 6, 50))
-CALIBRATION_SEGMENTS = 4
-CALIBRATION_SEG_LENGTH = MAX_SEG_LENGTH
 
 
 # --------------------------------------------------------------------------- shapes
@@ -177,7 +168,7 @@ def kalman_scan_allowed(backend: str) -> bool:
 
     On XLA:CPU the job never uses the associative-scan Kalman sampler, at any size: neither for the
     centroid (``location``: jax-moseq's own step always takes the scan; the adapter's patch takes the
-    sequential filter on a CPU) nor for the continuous states (:func:`ladder` offers only
+    sequential filter on a CPU) nor for the continuous states (:func:`.ladder.ladder` offers only
     ``parallel_message_passing=False`` on a CPU, even when the manifest pins ``true``). Why: jaxlib
     0.10.x runs every batched LAPACK call (``lapack_dgetrf_ffi``, ``lapack_dpotrf_ffi``, ...) through
     ``jax::ParallelBatchMap``, which queues the batch on XLA:CPU's intra-op pool and blocks on a
@@ -242,35 +233,6 @@ class Setting:
 
     def as_dict(self) -> dict:
         return {"parallel_message_passing": self.parallel_message_passing, "mixed_map_iters": self.mixed_map_iters}
-
-
-def mmi_values(segments: int) -> list[int]:
-    """1, 2, 4, ... up to the number of segments (more batches than segments change nothing)."""
-    out, v = [1], 2
-    while v < segments:
-        out.append(v)
-        v *= 2
-    if segments > 1 and out[-1] != segments:
-        out.append(segments)
-    return out
-
-
-def ladder(backend: str, segments: int, parallel="auto", mixed_map_iters="auto") -> list[Setting]:
-    """Settings from the fastest to the most frugal.
-
-    Parallel message passing on (GPU only: on a CPU it is slower and bigger, and its batched LU
-    calls can deadlock XLA:CPU, so a CPU never gets it, even when pinned) with 1, 2, 4, ...
-    batches, then off with 1, 2, 4, ... batches. A value pinned in the manifest keeps that
-    value on every rung.
-    """
-    if not kalman_scan_allowed(backend):
-        pmps = [False]  # the scan's batched LU deadlocks XLA:CPU (kalman_scan_allowed), pinned or not
-    elif parallel == "auto":
-        pmps = [True, False] if backend == "gpu" else [False]
-    else:
-        pmps = [bool(parallel)]
-    mmis = mmi_values(segments) if mixed_map_iters == "auto" else [int(mixed_map_iters)]
-    return [Setting(p, i) for p in pmps for i in mmis]
 
 
 # --------------------------------------------------------------------------- estimates
@@ -339,218 +301,6 @@ def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", b
     return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)
 
 
-@dataclass
-class Choice:
-    """The setting a plan picks, and why."""
-
-    setting: Setting
-    fits: bool
-    budget: float
-    arhmm: Estimate
-    full: Estimate
-    tried: list  # (Setting, full-model Estimate) of every rung considered, in order
-    skipped: list  # settings excluded because they already ran out of memory
-    reason: str
-    tried_arhmm: list = field(default_factory=list)  # the AR-HMM Estimate of each rung in ``tried``
-
-    def as_dict(self) -> dict:
-        return {**self.setting.as_dict(), "fits": self.fits, "budget_bytes": int(self.budget),
-                "estimate_bytes": {"arhmm": int(self.arhmm.total), "full_model": int(self.full.total)},
-                "reason": self.reason}
-
-
-def need(arhmm: Estimate, full: Estimate) -> Estimate:
-    """The bigger of a setting's two fits: what the budget has to hold."""
-    return arhmm if arhmm.total > full.total else full
-
-
-def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
-           failed=()) -> Choice:
-    """The fastest setting whose estimates (AR-HMM and full model) fit ``FILL`` x ``budget``.
-
-    ``failed`` are settings that already ran out of memory: the plan goes on from the
-    rung after the last of them. When no rung fits, the fastest of the most frugal ones
-    left is chosen (``fits=False``; more batches that save nothing only cost time): an
-    estimate is not a measurement, and the job tries it.
-    """
-    rungs = ladder(backend, shape.segments, parallel, mixed_map_iters)
-    failed = [Setting(bool(f["parallel_message_passing"]), int(f["mixed_map_iters"])) if isinstance(f, dict)
-              else f for f in failed]
-    start = 0
-    for f in failed:
-        if f in rungs:
-            start = max(start, rungs.index(f) + 1)
-    skipped, rungs = rungs[:start], rungs[start:]
-    limit = FILL * budget
-    if not rungs:
-        last = skipped[-1] if skipped else Setting(False, 1)
-        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend),
-                      estimate(shape, last, "full_model", backend), [], skipped,
-                      "every setting has run out of memory already")
-    tried, ars = [], []
-    for s in rungs:
-        ar, full = estimate(shape, s, "arhmm", backend), estimate(shape, s, "full_model", backend)
-        tried.append((s, full))
-        ars.append(ar)
-        if need(ar, full).total <= limit:
-            break
-    fits = need(ars[-1], tried[-1][1]).total <= limit
-    if not fits:  # the fastest of the most frugal: more batches that save nothing only cost time
-        totals = [need(a, f).total for a, (_, f) in zip(ars, tried, strict=True)]
-        n = next(i for i, t in enumerate(totals) if t <= min(totals) * 1.001) + 1
-        tried, ars = tried[:n], ars[:n]
-    (s, full), arhmm = tried[-1], ars[-1]
-    why = []
-    if skipped:
-        why.append(f"{len(skipped)} faster setting(s) ran out of memory before")
-    if len(tried) > 1:
-        why.append(f"{len(tried) - 1} faster setting(s) need more")
-    if fits:
-        why.append(f"the fastest that fits {gib(limit)} ({FILL:.0%} of the {gib(budget)} budget): "
-                   f"full model {full.describe()}; AR-HMM {gib(arhmm.total)}")
-    else:
-        big = need(arhmm, full)
-        what = "the AR-HMM" if big is arhmm else "the full model"
-        why.append(f"nothing fits {gib(limit)} ({FILL:.0%} of the budget): at best {what} needs {big.describe()}")
-    return Choice(s, fits, budget, arhmm, full, tried, skipped, "; ".join(why), ars)
-
-
-def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
-    """The most frames (recordings of 10,000) whose plan fits ``budget``; 0 if none."""
-    def fits(n):
-        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters).fits
-    lo, hi = 0, MAX_SEG_LENGTH
-    while fits(hi):
-        lo, hi = hi, hi * 2
-        if hi > 10**10:
-            return lo
-    while hi - lo > max(1000, lo // 200):
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
-    """The most num_states whose plan fits ``budget`` at these frames; 0 if none."""
-    lo, hi = 0, max(shape.num_states, 2)
-    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters).fits:
-        return hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters).fits
-        lo, hi = (mid, hi) if ok else (lo, mid)
-    return lo
-
-
-def _with(shape: Shape, **changes) -> Shape:
-    d = {k: getattr(shape, k) for k in ("frames", "keypoints", "latent_dim", "num_states", "nlags", "dims")}
-    if "frames" not in changes:
-        d["recordings"] = shape.recordings
-    d.update(changes)
-    return Shape(**d)
-
-
 def gib(n: float) -> str:
     """Bytes as GiB (MiB below 1 GiB)."""
     return f"{n / GiB:.1f} GiB" if abs(n) >= GiB else f"{n / (1 << 20):.0f} MiB"
-
-
-# --------------------------------------------------------------------------- calibration
-def fit_coefficients(records) -> dict[str, dict[str, float]]:
-    """Least-squares coefficients per term from measured step memory.
-
-    ``records``: dicts with keypoints, latent_dim, num_states, nlags, step, pmp, mmi,
-    frames (per compiled call), chunk_frames and bytes (temp + output). The whole and
-    chunk parts of a batched step (:data:`BATCHED`) are separated with its memory at
-    mixed_map_iters 1 and 2 for the same shape.
-    """
-    import numpy as np
-
-    rows: dict[str, list] = {}
-    by_shape: dict = {}
-    for r in records:
-        shape = Shape(frames=r["frames"], keypoints=r["keypoints"], latent_dim=r["latent_dim"],
-                      num_states=r["num_states"], nlags=r.get("nlags", 3))
-        if r["step"] not in BATCHED:
-            rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
-        else:
-            term = r["step"]
-            if term in KALMAN:
-                term += ".par" if r["pmp"] else ".seq"
-            key = (r["keypoints"], r["latent_dim"], r["num_states"], term)
-            by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
-    for (_, _, _, term), runs in by_shape.items():
-        if 1 not in runs or 2 not in runs:
-            continue
-        shape, f1, c1, b1 = runs[1]
-        _, f2, c2, b2 = runs[2]
-        chunk = (b1 - b2) / (c1 - c2)  # bytes per chunk frame
-        whole = (b1 - chunk * c1) / f1
-        rows.setdefault(f"{term}.chunk", []).append((features(shape), chunk))
-        rows.setdefault(f"{term}.whole", []).append((features(shape), whole))
-    out = {}
-    for term, data in rows.items():
-        names = STEP_FEATURES[term]
-        a = np.array([[f[n] for n in names] for f, _ in data])
-        y = np.array([v for _, v in data])
-        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-        out[term] = {n: round(float(c), 3) for n, c in zip(names, coef, strict=True) if abs(c) > 1e-9}
-    return out
-
-
-def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=CALIBRATION_SEG_LENGTH,
-              progress=print, steps=None) -> tuple[dict, list]:
-    """Recompute :data:`COEFFS` by compiling the real jax-moseq steps (takes minutes).
-
-    For each (keypoints, latent_dim, num_states) in ``grid``, a model is initialised on
-    the bundled real recording (:func:`kpms_adapter.calibration_model`), then every
-    step of one full-model iteration is compiled for ``segments`` x ``seg_length``
-    frames (abstract shapes: nothing of that size is allocated) and XLA's memory
-    analysis gives its temporaries and outputs. The batched steps (:data:`BATCHED`) are
-    compiled at mixed_map_iters 1 and 2. ``steps`` (names in :data:`STEPS_FULL`)
-    restricts the measurement to those steps; the coefficients of the others are kept
-    from :data:`COEFFS`. Returns (coefficients, records).
-    """
-    from . import kpms_adapter as A  # imports JAX: only here, never at module import
-
-    records = []
-    for k, d, s in grid:
-        data, model = A.calibration_model(k, d, s)
-        for pmp in (False, True):
-            for mmi in (1, 2):
-                only = set(steps or STEPS_FULL)
-                if pmp:  # parallel message passing changes the Kalman steps only
-                    only &= set(KALMAN)
-                if mmi > 1:
-                    only &= set(BATCHED)
-                if not only:
-                    continue
-                measured = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
-                                                  parallel_message_passing=pmp, mixed_map_iters=mmi,
-                                                  only=tuple(only))
-                for step, mem in measured.items():
-                    rec = {"keypoints": k, "latent_dim": d, "num_states": s, "nlags": 3, "step": step,
-                           "pmp": pmp, "mmi": mmi, "frames": mem["frames"], "chunk_frames": mem["chunk_frames"],
-                           "bytes": mem["temp"] + mem["output"]}
-                    records.append(rec)
-                    if progress:
-                        progress(f"K={k} D={d} S={s} pmp={pmp} mmi={mmi} {step}: "
-                                 f"{rec['bytes'] / mem['frames']:.0f} bytes/frame")
-    fitted = fit_coefficients(records)
-    if steps is None:
-        return fitted, records
-    return {**{t: c for t, c in COEFFS.items() if t not in fitted}, **fitted}, records
-
-
-if __name__ == "__main__":  # python -m kpms_job.memory --calibrate
-    import json
-    import sys
-
-    if "--calibrate" in sys.argv:  # [--steps discrete,continuous] [--records]
-        only = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
-        coeffs, recs = calibrate(steps=only)
-        if "--records" in sys.argv:
-            print(json.dumps(recs, indent=1))
-        print("COEFFS = " + json.dumps(coeffs, indent=4))
-    else:
-        print(__doc__)
