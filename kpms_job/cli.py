@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from . import __version__
-from .errors import EXIT_MANIFEST, EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError
+from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, UsageError
 
 log = logging.getLogger("kpms_job")
 
@@ -20,12 +20,6 @@ EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifes
 window (results are written), 73 project dir not writable or full, 75 interrupted (a signal, or
 the project dir held or taken over by another job): rerun to continue,
 76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue"""
-
-
-class UsageError(JobError):
-    """A wrong command line: one line, exit 2 (like a manifest error)."""
-
-    exit_code = EXIT_MANIFEST
 
 
 class _Parser(argparse.ArgumentParser):

@@ -55,6 +55,12 @@ class ManifestError(JobError):
         super().__init__(title + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
+class UsageError(JobError):
+    """A wrong command line: one line, exit 2 (like a manifest error)."""
+
+    exit_code = EXIT_MANIFEST
+
+
 class InputDataError(JobError):
     """The tracking data cannot be used as it is."""
 

@@ -41,9 +41,9 @@ What real chains do, and how the search copes:
   as it settles. A second such correction the same way restarts: the chain did not follow.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
-  from a clean start when it had to go down, or when the budget is spent. (An earlier rule
-  gave up when the duration "stopped responding" on a continuing chain: that was the
-  chain's memory, not the data.)
+  from a clean start when it had to go down, or when the budget is spent. A duration that
+  "stops responding" on a continuing chain is the chain's memory, not the data, so it is
+  never a reason to stop.
 - Noise and lag. Once the measurement is in the window and near the aim (or after
   ``max_nudges`` corrections made from inside it, where the response is flat), kappa is
   frozen and the chain must run ``fixed_iters`` more iterations at that one kappa, which
