@@ -98,21 +98,30 @@ def test_changing_full_iters_reruns_only_the_full_fit_and_after(finished):
 
 
 def test_kappa_tuning_through_the_real_pipeline(tmp_path):
-    """Tuning on, tiny budgets: both phases tune, the summary and the trace figures show it."""
-    manifest = tiny_manifest(tmp_path, tuning={"check_every": 3}, model={"num_states": 20, "kappa": 1e6},
-                             fitting={"arhmm_iters": 12, "full_iters": 12, "save_every": 4})
+    """Tuning on, tiny budgets, kappa started outside the window: both phases tune into the window
+    (exit 0), and the summary and the trace figures show it.
+
+    On this recording (2330 frames, 4 keypoints) the median duration answers kappa in jumps, and
+    with these budgets some seeds end outside the window (exit 5; seeds 0 and 2 do). The chain of a
+    seed is deterministic, so seed 1, which ends in the window, makes a test that fails when a
+    change of the tuner or the pipeline loses this chain's way into the window."""
+    iters = 12
+    manifest = tiny_manifest(tmp_path, tuning={"check_every": 3}, model={"num_states": 20, "kappa": 1e6, "seed": 1},
+                             fitting={"arhmm_iters": iters, "full_iters": iters, "save_every": 4})
     res = run_job("run", manifest)
+    assert res.returncode == 0, res.stderr[-3000:]
     s = json.loads((tmp_path / "project" / "summary.json").read_text())
-    assert res.returncode in (0, 5), res.stderr[-3000:]
-    assert (res.returncode == 0) == s["in_target_window"]
-    if res.returncode == 5:
-        assert "did not reach the target window" in res.stderr
-    for phase, key, limit in (("kpms_job_arhmm", "arhmm_tuning", 4 * 12), ("kpms_job", "tuning", int(1.3 * 12))):
+    lo, hi = s["target_median_duration_ms"]
+    assert s["in_target_window"] is True and lo <= s["median_duration_ms"] <= hi
+    assert "did not reach the target window" not in res.stderr
+    for phase, key, limit in (("kpms_job_arhmm", "arhmm_tuning", 4 * iters), ("kpms_job", "tuning", int(1.3 * iters))):
         assert (tmp_path / "project" / phase / "kappa_trace.png").exists()
         t = s[key]
         assert t["attempts"], t
         assert t["iterations"] <= limit
-        assert "window" in t["verdict"]
+        assert t["in_window"] is True and t["verdict"].startswith("in window:"), t["verdict"]
+    # the AR-HMM moved kappa away from where the manifest started it
+    assert s["arhmm_tuning"]["final_kappa"] >= 10 * 1e6
     assert s["kappa"]["full_model"] == s["tuning"]["final_kappa"]
     md = (tmp_path / "project" / "summary.md").read_text()
     assert "## Full-model kappa tuning" in md
