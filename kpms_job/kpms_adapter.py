@@ -825,7 +825,7 @@ def grid_movies(results, project_dir, model_name, coords, config, video_dir=None
     as float64 and forks for ffmpeg). The grid shrinks for short data (4x6, 3x4, 2x3, 1x2);
     a rerun skips movies already written for the same results. Returns the movies there.
     """
-    from . import kpms_movies
+    from .kpms import movies as kpms_movies
 
     with quiet():
         done = kpms_movies.write_grid_movies(results, project_dir, model_name, dict(coords), config,

@@ -77,7 +77,7 @@ def main(argv=None):
     import keypoint_moseq as kpms
     import numpy as np
 
-    from kpms_job import kpms_movies
+    from kpms_job.kpms import movies as kpms_movies
 
     base = rss_mib()
     t0 = time.perf_counter()
