@@ -80,3 +80,12 @@ class Interrupted(JobError):
 
 class LockHeld(Interrupted):
     """Another job holds the project dir."""
+
+
+class FitOutOfMemory(JobError):
+    """XLA could not allocate memory during a fit; ``kpms-job run`` records it and restarts with the
+    next memory setting (:func:`kpms_job.resources.after_out_of_memory`)."""
+
+
+class FitNaN(JobError):
+    """The sampler produced NaNs; the fit stopped at the last good iteration."""

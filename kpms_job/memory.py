@@ -2,7 +2,7 @@
 
 What it models
 --------------
-One Gibbs iteration of jax-moseq 0.8 (``keypoint_slds.resample_model``) runs a fixed
+One Gibbs iteration of jax-moseq 0.3.7 (``keypoint_slds.resample_model``) runs a fixed
 sequence of separately jitted steps: transition counts, AR parameters, discrete states
 (the AR-HMM; the full model adds continuous states ``x`` by Kalman sampling, heading,
 location and noise scales). The peak memory of a fit is therefore
@@ -16,13 +16,15 @@ step term comes from XLA's own buffer assignment (``compiled.memory_analysis()``
 
 Every step's memory is linear in the number of (padded) frames. Its bytes per frame are
 a linear combination of features of the model's size (:func:`features`), with
-coefficients measured, not guessed: :func:`calibrate` compiles the real jax-moseq steps
-for a grid of small real shapes and fits them by least squares (``python -m
-kpms_job.memory --calibrate`` prints a new :data:`COEFFS`). Four steps are split by
+coefficients measured, not guessed: the developer tool benchmarks/calibrate_memory.py compiles
+the real jax-moseq steps for a grid of small real shapes and fits them by least squares (it
+prints a new :data:`COEFFS`). Four steps are split by
 ``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
-(``continuous``) and, batched by the adapter's patches of jax-moseq (see
-:mod:`kpms_job.kpms_adapter`), the discrete-state sampling of both models (``discrete``), the
-centroid (``location``) and the noise scales (``scales``). Each has a *whole*
+(``continuous``) and, batched by the job's patches of jax-moseq (see
+:mod:`kpms_job.kpms.patches`), the discrete-state sampling of both models (``discrete``), the
+centroid (``location``) and the noise scales (``scales``). A patch that did not install (another
+jax-moseq) leaves its step unbatched: :func:`estimate` takes the installed patches
+(``patched``) and plans such a step at mixed_map_iters 1. Each has a *whole*
 part (over all frames) and a *chunk* part (over one batch of ``ceil(segments /
 mixed_map_iters)`` segments). ``parallel_message_passing`` (an associative scan instead
 of a sequential Kalman filter) is much faster on a GPU and needs several times the memory.
@@ -46,19 +48,22 @@ FILL = 0.9
 
 # --------------------------------------------------------------------------- constants
 #: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
-#: Measured with :func:`calibrate` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
-#: XLA:CPU; grid :data:`CALIBRATION_GRID` at 4 segments x 10,030 frames). ``discrete.*``
-#: and ``ar_params`` re-measured after the adapter's patches of those two steps
-#: (``python -m kpms_job.memory --calibrate --steps discrete,ar_params``: the same grid,
+#: Measured with benchmarks/calibrate_memory.py (jax 0.10.2, jax-moseq 0.3.7, keypoint-moseq 0.8.1,
+#: XLA:CPU; its grid at 4 segments x 10,030 frames). ``discrete.*``
+#: and ``ar_params`` re-measured after the patches of those two steps
+#: (``benchmarks/calibrate_memory.py --steps discrete,ar_params``: the same grid,
 #: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
 #: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
 #: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
-#: ``continuous.*``, ``location.*`` and ``scales.*`` re-measured after the adapter's
+#: ``continuous.*``, ``location.*`` and ``scales.*`` re-measured after the
 #: per-sequence patches of those steps (``--steps continuous,location,scales``): at 10 M
 #: frames the scales step fell from 15.2 GiB (one unbatched gamma draw) to 9.6 GiB + a chunk.
 COEFFS: dict[str, dict[str, float]] = {
     "transitions": {"1": 17.436},
     "ar_params": {"1": 34.316, "LD": 21.677},
+    # jax-moseq's own step, before the patch of it (kpms_job.kpms.patches.ar_params): its
+    # num_states x frames mask; measured with the same grid before that patch was written
+    "ar_params.unpatched": {"S": 16.0, "LD": 12.0},
     "discrete.whole": {"1": 23.867, "D": 20.726},
     "discrete.chunk": {"1": -157.202, "S": 24.425},
     "continuous.seq.whole": {"1": 80.271, "K": 47.76, "LD": 4.231},
@@ -84,10 +89,6 @@ GPU_CONTEXT_BYTES = int(0.6 * GiB)
 STEPS_ARHMM = ("transitions", "ar_params", "discrete")
 STEPS_FULL = STEPS_ARHMM + ("continuous", "heading", "location", "scales")
 
-#: The shapes (keypoints, latent_dim, num_states) :func:`calibrate` compiles.
-CALIBRATION_GRID = ((4, 4, 100), (8, 4, 100), (8, 8, 100), (8, 8, 30), (12, 10, 100), (16, 6, 50))
-CALIBRATION_SEGMENTS = 4
-CALIBRATION_SEG_LENGTH = MAX_SEG_LENGTH
 
 
 # --------------------------------------------------------------------------- shapes
@@ -167,7 +168,7 @@ def features(shape: Shape) -> dict[str, float]:
 
 
 #: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each (jax-moseq batches
-#: ``continuous``; the adapter's patches the others).
+#: ``continuous``; the patches in kpms_job.kpms.patches the others).
 BATCHED = ("continuous", "discrete", "location", "scales")
 #: Steps with a ``.par`` (associative scan) and a ``.seq`` (sequential Kalman filter) term.
 KALMAN = ("continuous", "location")
@@ -176,7 +177,7 @@ def kalman_scan_allowed(backend: str) -> bool:
     centroid step's own scan) may run on ``backend``: never on a CPU.
 
     On XLA:CPU the job never uses the associative-scan Kalman sampler, at any size: neither for the
-    centroid (``location``: jax-moseq's own step always takes the scan; the adapter's patch takes the
+    centroid (``location``: jax-moseq's own step always takes the scan; the job's patch takes the
     sequential filter on a CPU) nor for the continuous states (:func:`ladder` offers only
     ``parallel_message_passing=False`` on a CPU, even when the manifest pins ``true``). Why: jaxlib
     0.10.x runs every batched LAPACK call (``lapack_dgetrf_ffi``, ``lapack_dpotrf_ffi``, ...) through
@@ -198,7 +199,8 @@ def kalman_scan_allowed(backend: str) -> bool:
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
     "transitions": ("1",),
-    "ar_params": ("1", "LD"),  # the lagged x; no num_states x frames mask since the adapter's patch
+    "ar_params": ("1", "LD"),
+    "ar_params.unpatched": ("S", "LD"),  # the lagged x; no num_states x frames mask since the patch
     "discrete.whole": ("1", "D"),  # copies of x (mixed_map's reshape), keys, z: within 13% on the grid
     "discrete.chunk": ("1", "S"),  # per batch: the AR log likelihoods and HMM messages, num_states per frame
     "continuous.seq.whole": ("1", "K", "LD"),
@@ -315,25 +317,39 @@ def resident_bytes(shape: Shape, backend: str = "cpu") -> float:
     return BYTES * per * shape.padded_frames
 
 
+#: The steps a patch of jax-moseq changes (kpms_job.kpms.patches.STEPS); ``patched=None`` means all.
+PATCHED_STEPS = frozenset({"discrete", "ar_params", "continuous", "location", "scales"})
+
+
 def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", backend: str = "cpu",
-             coeffs=None) -> Estimate:
+             coeffs=None, patched=None) -> Estimate:
     """Peak memory of the AR-HMM (``stage='arhmm'``) or full-model fit with ``setting``.
 
     ``setting=None``: no batching (mixed_map_iters 1, parallel_message_passing off).
+    ``patched``: the steps whose jax-moseq patch is installed (``kpms.patches.active()``);
+    None: all of them, as with the jax-moseq of the lock. A step left unpatched is jax-moseq's
+    own: planned at mixed_map_iters 1 (jax-moseq batches only the Kalman sampler of the
+    continuous step, not its whole-data preparation: at 1 it errs on the safe side), the AR
+    parameter step with its ``num_states x frames`` mask, the centroid step with the
+    associative scan it always takes.
     """
     coeffs = coeffs or COEFFS
     setting = setting or Setting(False, 1)
+    patched = PATCHED_STEPS if patched is None else frozenset(patched)
     frames = shape.padded_frames
     steps = {}
     names = STEPS_ARHMM if stage == "arhmm" else STEPS_FULL
     for name in names:
+        own = name in PATCHED_STEPS and name not in patched
         if name in BATCHED:
             term = name
             if name == "continuous":
                 term += ".par" if setting.parallel_message_passing else ".seq"
             elif name == "location":
-                term += ".par" if kalman_scan_allowed(backend) else ".seq"
-            steps[name] = batched_bytes(term, shape, setting.mixed_map_iters, coeffs)
+                term += ".par" if own or kalman_scan_allowed(backend) else ".seq"
+            steps[name] = batched_bytes(term, shape, 1 if own else setting.mixed_map_iters, coeffs)
+        elif own and f"{name}.unpatched" in coeffs:
+            steps[name] = per_frame(f"{name}.unpatched", shape, coeffs) * frames
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames
     return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)
@@ -365,7 +381,7 @@ def need(arhmm: Estimate, full: Estimate) -> Estimate:
 
 
 def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
-           failed=()) -> Choice:
+           failed=(), patched=None) -> Choice:
     """The fastest setting whose estimates (AR-HMM and full model) fit ``FILL`` x ``budget``.
 
     ``failed`` are settings that already ran out of memory: the plan goes on from the
@@ -384,12 +400,13 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
     limit = FILL * budget
     if not rungs:
         last = skipped[-1] if skipped else Setting(False, 1)
-        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend),
-                      estimate(shape, last, "full_model", backend), [], skipped,
+        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend, patched=patched),
+                      estimate(shape, last, "full_model", backend, patched=patched), [], skipped,
                       "every setting has run out of memory already")
     tried, ars = [], []
     for s in rungs:
-        ar, full = estimate(shape, s, "arhmm", backend), estimate(shape, s, "full_model", backend)
+        ar = estimate(shape, s, "arhmm", backend, patched=patched)
+        full = estimate(shape, s, "full_model", backend, patched=patched)
         tried.append((s, full))
         ars.append(ar)
         if need(ar, full).total <= limit:
@@ -415,10 +432,12 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
     return Choice(s, fits, budget, arhmm, full, tried, skipped, "; ".join(why), ars)
 
 
-def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
+               patched=None) -> int:
     """The most frames (recordings of 10,000) whose plan fits ``budget``; 0 if none."""
     def fits(n):
-        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters).fits
+        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters,
+                                patched=patched).fits
     lo, hi = 0, MAX_SEG_LENGTH
     while fits(hi):
         lo, hi = hi, hi * 2
@@ -430,14 +449,16 @@ def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto
     return lo
 
 
-def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
+               patched=None) -> int:
     """The most num_states whose plan fits ``budget`` at these frames; 0 if none."""
     lo, hi = 0, max(shape.num_states, 2)
-    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters).fits:
+    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters, patched=patched).fits:
         return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters).fits
+        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters,
+                                patched=patched).fits
         lo, hi = (mid, hi) if ok else (lo, mid)
     return lo
 
@@ -453,104 +474,3 @@ def _with(shape: Shape, **changes) -> Shape:
 def gib(n: float) -> str:
     """Bytes as GiB (MiB below 1 GiB)."""
     return f"{n / GiB:.1f} GiB" if abs(n) >= GiB else f"{n / (1 << 20):.0f} MiB"
-
-
-# --------------------------------------------------------------------------- calibration
-def fit_coefficients(records) -> dict[str, dict[str, float]]:
-    """Least-squares coefficients per term from measured step memory.
-
-    ``records``: dicts with keypoints, latent_dim, num_states, nlags, step, pmp, mmi,
-    frames (per compiled call), chunk_frames and bytes (temp + output). The whole and
-    chunk parts of a batched step (:data:`BATCHED`) are separated with its memory at
-    mixed_map_iters 1 and 2 for the same shape.
-    """
-    import numpy as np
-
-    rows: dict[str, list] = {}
-    by_shape: dict = {}
-    for r in records:
-        shape = Shape(frames=r["frames"], keypoints=r["keypoints"], latent_dim=r["latent_dim"],
-                      num_states=r["num_states"], nlags=r.get("nlags", 3))
-        if r["step"] not in BATCHED:
-            rows.setdefault(r["step"], []).append((features(shape), r["bytes"] / r["frames"]))
-        else:
-            term = r["step"]
-            if term in KALMAN:
-                term += ".par" if r["pmp"] else ".seq"
-            key = (r["keypoints"], r["latent_dim"], r["num_states"], term)
-            by_shape.setdefault(key, {})[r["mmi"]] = (shape, r["frames"], r["chunk_frames"], r["bytes"])
-    for (_, _, _, term), runs in by_shape.items():
-        if 1 not in runs or 2 not in runs:
-            continue
-        shape, f1, c1, b1 = runs[1]
-        _, f2, c2, b2 = runs[2]
-        chunk = (b1 - b2) / (c1 - c2)  # bytes per chunk frame
-        whole = (b1 - chunk * c1) / f1
-        rows.setdefault(f"{term}.chunk", []).append((features(shape), chunk))
-        rows.setdefault(f"{term}.whole", []).append((features(shape), whole))
-    out = {}
-    for term, data in rows.items():
-        names = STEP_FEATURES[term]
-        a = np.array([[f[n] for n in names] for f, _ in data])
-        y = np.array([v for _, v in data])
-        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-        out[term] = {n: round(float(c), 3) for n, c in zip(names, coef, strict=True) if abs(c) > 1e-9}
-    return out
-
-
-def calibrate(grid=CALIBRATION_GRID, segments=CALIBRATION_SEGMENTS, seg_length=CALIBRATION_SEG_LENGTH,
-              progress=print, steps=None) -> tuple[dict, list]:
-    """Recompute :data:`COEFFS` by compiling the real jax-moseq steps (takes minutes).
-
-    For each (keypoints, latent_dim, num_states) in ``grid``, a model is initialised on
-    the bundled real recording (:func:`kpms_adapter.calibration_model`), then every
-    step of one full-model iteration is compiled for ``segments`` x ``seg_length``
-    frames (abstract shapes: nothing of that size is allocated) and XLA's memory
-    analysis gives its temporaries and outputs. The batched steps (:data:`BATCHED`) are
-    compiled at mixed_map_iters 1 and 2. ``steps`` (names in :data:`STEPS_FULL`)
-    restricts the measurement to those steps; the coefficients of the others are kept
-    from :data:`COEFFS`. Returns (coefficients, records).
-    """
-    from . import kpms_adapter as A  # imports JAX: only here, never at module import
-
-    records = []
-    for k, d, s in grid:
-        data, model = A.calibration_model(k, d, s)
-        for pmp in (False, True):
-            for mmi in (1, 2):
-                only = set(steps or STEPS_FULL)
-                if pmp:  # parallel message passing changes the Kalman steps only
-                    only &= set(KALMAN)
-                if mmi > 1:
-                    only &= set(BATCHED)
-                if not only:
-                    continue
-                measured = A.compiled_step_memory(data, model, segments=segments, seg_length=seg_length,
-                                                  parallel_message_passing=pmp, mixed_map_iters=mmi,
-                                                  only=tuple(only))
-                for step, mem in measured.items():
-                    rec = {"keypoints": k, "latent_dim": d, "num_states": s, "nlags": 3, "step": step,
-                           "pmp": pmp, "mmi": mmi, "frames": mem["frames"], "chunk_frames": mem["chunk_frames"],
-                           "bytes": mem["temp"] + mem["output"]}
-                    records.append(rec)
-                    if progress:
-                        progress(f"K={k} D={d} S={s} pmp={pmp} mmi={mmi} {step}: "
-                                 f"{rec['bytes'] / mem['frames']:.0f} bytes/frame")
-    fitted = fit_coefficients(records)
-    if steps is None:
-        return fitted, records
-    return {**{t: c for t, c in COEFFS.items() if t not in fitted}, **fitted}, records
-
-
-if __name__ == "__main__":  # python -m kpms_job.memory --calibrate
-    import json
-    import sys
-
-    if "--calibrate" in sys.argv:  # [--steps discrete,continuous] [--records]
-        only = sys.argv[sys.argv.index("--steps") + 1].split(",") if "--steps" in sys.argv else None
-        coeffs, recs = calibrate(steps=only)
-        if "--records" in sys.argv:
-            print(json.dumps(recs, indent=1))
-        print("COEFFS = " + json.dumps(coeffs, indent=4))
-    else:
-        print(__doc__)

@@ -39,9 +39,13 @@ def _machine_budget(budget_gb, vram_budget_gb="auto", device="auto"):
 
 
 def report(shape: memory.Shape, budget: float, source: str, backend: str, parallel="auto",
-           mixed_map_iters="auto", failed=(), notes=()) -> list[str]:
-    """The lines ``plan`` prints for one fit shape and budget."""
-    choice = memory.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed)
+           mixed_map_iters="auto", failed=(), notes=(), patched=None) -> list[str]:
+    """The lines ``plan`` prints for one fit shape and budget.
+
+    ``patched``: the steps whose jax-moseq patch is installed (None: all, as the lock's
+    jax-moseq gets them; ``plan`` imports no JAX, so it takes what the last fit recorded).
+    """
+    choice = memory.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed, patched=patched)
     where = "GPU" if backend == "gpu" else "CPU (system memory)"
     lines = [
         "memory plan:",
@@ -71,8 +75,8 @@ def report(shape: memory.Shape, budget: float, source: str, backend: str, parall
     lines.append(f"  full model {choice.full.describe()}")
     lines.append(f"  why        {choice.reason}")
     if not choice.fits:
-        n = memory.max_frames(shape, budget, backend, parallel, mixed_map_iters)
-        s = memory.max_states(shape, budget, backend, parallel, mixed_map_iters)
+        n = memory.max_frames(shape, budget, backend, parallel, mixed_map_iters, patched=patched)
+        s = memory.max_states(shape, budget, backend, parallel, mixed_map_iters, patched=patched)
         hints = []
         if n:
             hints.append(f"about {n:,} frames fit this budget with these sizes")
@@ -112,10 +116,14 @@ def plan_manifest(m: dict, state) -> None:
     notes = list(machine.notes)
     if failed:
         notes.append(f"{len(failed)} setting(s) ran out of memory before and are skipped")
+    patched = old.get("patched")
+    if patched is not None and set(patched) != memory.PATCHED_STEPS:
+        notes.append("planned without the jax-moseq patches the last fit could not install: "
+                     + ", ".join(sorted(memory.PATCHED_STEPS - set(patched))) + " (unbatched)")
     if not (state.stage("pca") or {}).get("info"):
         notes.append(f"latent_dim {shape.latent_dim} assumed until PCA has run")
     print("\n".join(report(shape, budget, source, machine.backend, res.get("parallel_message_passing", "auto"),
-                           res.get("mixed_map_iters", "auto"), failed, notes)))
+                           res.get("mixed_map_iters", "auto"), failed, notes, patched)))
     if old.get("peak_bytes"):
         used = memory.Setting(bool(old["parallel_message_passing"]), int(old["mixed_map_iters"]))
         print(f"  last run   {old.get('backend')}, {used.label()}: peak {gib(old['peak_bytes'])} "

@@ -42,9 +42,9 @@ def data(repeat: int, scale: float = 1.0):
     import numpy as np
     from keypoint_moseq import util as kutil
 
-    from kpms_job import kpms_adapter as A
+    from kpms_job.kpms.io import load_file
 
-    coords, _, bodyparts = A.load_file(str(CSV), "deeplabcut", [])
+    coords, _, bodyparts = load_file(str(CSV), "deeplabcut", [])
     name, xy = next(iter(coords.items()))
     xy = np.repeat(np.asarray(xy, float), repeat, axis=0) * scale
     fps = 30.0 * repeat

@@ -19,11 +19,14 @@ log = logging.getLogger("kpms_job")
 def settings(ctx) -> dict:
     """Fitting settings from the memory plan (chosen once per process, before any trace)."""
     if "settings" not in ctx.cache:
-        from .. import kpms_adapter as A
-        from .. import resources
+        from .. import memory, resources
+        from ..kpms import gibbs, patches
 
-        plan = resources.plan_for_context(ctx)
-        A.configure(plan["mixed_map_iters"])
+        # the patches first: a step jax-moseq keeps unpatched is planned as unbatched
+        ctx.cache["kalman_scan"] = memory.kalman_scan_allowed(gibbs.backend())
+        patches.install(location_scan=ctx.cache["kalman_scan"])
+        plan = resources.plan_for_context(ctx, patched=patches.active())
+        gibbs.configure(plan["mixed_map_iters"])
         resources.watch_peak(ctx)  # the peak memory seen goes into the state after each iteration
         ctx.cache["settings"] = plan
     return ctx.cache["settings"]
@@ -45,7 +48,7 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
         Ends the chain before ``num_iters`` (the tuner decides its own length).
     on_nan : callable (iteration, last_good_model) -> model or None, optional
     """
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs as A
 
     pd = str(ctx.project_dir)
     plan = settings(ctx)
@@ -80,7 +83,8 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
         model, last, done = A.run_gibbs(
             model, data, metadata, pd, model_name, start_iter=start, num_iters=num_iters,
             ar_only=ar_only, save_every=ctx.m["fitting"]["save_every"], fps=ctx.fps,
-            parallel_message_passing=plan["parallel_message_passing"], on_iteration=hook,
+            parallel_message_passing=plan["parallel_message_passing"], kalman_scan=ctx.cache["kalman_scan"],
+            on_iteration=hook,
             should_stop=ctx.stop, finished=finished, save_now=save_now,
             on_nan=(lambda it, mdl: on_nan(it, mdl, data)) if on_nan else None)
     finally:

@@ -8,11 +8,11 @@ from . import arrays
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import project
 
     coords, confs, bodyparts = arrays.load(ctx.work_dir / "keypoints.npz")
     before = {n: np.isnan(c).any(-1) for n, c in coords.items()}
-    coords, confs = A.remove_outliers(coords, confs, str(ctx.project_dir),
+    coords, confs = project.remove_outliers(coords, confs, str(ctx.project_dir),
                                       ctx.m["preprocessing"]["outlier_scale_factor"], bodyparts)
     arrays.save(ctx.work_dir / "preprocessed.npz", coords, confs, bodyparts)
     # keypoints whose confidence was set to 0 were interpolated: outliers plus missing ones
