@@ -47,6 +47,7 @@ def init_model(data, pca, config, seed: int):
     _require_patches()
     cfg = dict(config)
     cfg["seed"] = int(seed)
+    faults.point("init_model")
     with quiet():
         return kpms.init_model(data, pca=pca, **cfg)
 
@@ -108,6 +109,7 @@ def _save_snapshot(path, model, iteration: int, *, first=False, data=None, metad
 
     from ..signals import critical
 
+    faults.point(f"snapshot:{Path(path).parent.name}:{iteration}")  # copying the model to the host
     with critical(), quiet():
         if first:
             tmp = path.with_name(path.name + ".tmp")
@@ -208,6 +210,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
                 if "RESOURCE_EXHAUSTED" in str(exc):
                     raise FitOutOfMemory(str(exc).splitlines()[0]) from exc
                 raise
+            faults.point(f"nan-check:{model_name}:{it}")  # the first read of the new state's values
             any_nans, _, messages = check_for_nans(new)
             if any_nans:
                 replacement = on_nan(it, model) if on_nan is not None else None
