@@ -9,7 +9,7 @@ synthetic (no fit, to stay fast): 4 labels in runs of 0.2-0.8 s, seeded. Centroi
 headings come from keypoint-moseq's ``get_centroids_headings`` (snout anterior, tailbase
 posterior).
 
-``--impl ours`` runs kpms_job.kpms_movies.write_grid_movies; ``--impl kpms`` runs
+``--impl ours`` runs kpms_job.kpms.movies.write_grid_movies; ``--impl kpms`` runs
 keypoint-moseq's own ``generate_grid_movies`` (the implementation the job used before) with
 the same grid. Prints ``{"baseline_mib", "peak_mib", "growth_mib", "movies", "seconds"}``:
 the resident memory just before the call, the process's peak resident memory

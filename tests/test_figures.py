@@ -1,4 +1,4 @@
-"""Grid movies in bounded memory (kpms_job.kpms_movies), resumable per syllable.
+"""Grid movies in bounded memory (kpms_job.kpms.movies), resumable per syllable.
 
 The data: the bundled real recording (2330 frames x 4 keypoints, 30 fps) with synthetic
 syllables (4 labels in runs of 0.2-0.8 s) and keypoint-moseq's centroids and headings; see
