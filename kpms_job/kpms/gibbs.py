@@ -8,6 +8,7 @@ with the patches of :mod:`kpms_job.kpms.patches`, which the fitting code install
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,30 @@ def backend() -> str:
 def configure(mixed_map_iters: int) -> None:
     """Set jax-moseq's batching before the first trace (it is read at trace time)."""
     set_mixed_map_iters(int(mixed_map_iters))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: XLA's (a RuntimeError with status RESOURCE_EXHAUSTED, the one way
+    jaxlib reports it, from the device or XLA:CPU) or the host's (MemoryError)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "RESOURCE_EXHAUSTED" in str(exc))
+
+
+@contextlib.contextmanager
+def out_of_memory_is_fit_error():
+    """Turn an allocation failure inside the block into :class:`FitOutOfMemory`.
+
+    ``kpms-job run`` answers that by restarting with the next memory setting. Every step of a
+    fit that touches the device needs it, not only the Gibbs step: JAX dispatches asynchronously,
+    so the step's own failure may surface at the first read of its result (the NaN check, a
+    snapshot's copy to the host), and the initial model and a reloaded snapshot allocate too.
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        text = str(exc).strip()
+        raise FitOutOfMemory(text.splitlines()[0] if text else f"{type(exc).__name__}: out of host memory") from exc
 
 
 def _require_patches() -> None:
@@ -188,28 +213,25 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
     patches.install(location_scan=kalman_scan)
     path = checkpoint_path(project_dir, model_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if start_iter == 0:
-        _save_snapshot(path, model, 0, first=True, data=data, metadata=metadata)
-    else:
-        drop_snapshots_after(path, start_iter)
-    model = _steady(model)
+    with out_of_memory_is_fit_error():
+        if start_iter == 0:
+            _save_snapshot(path, model, 0, first=True, data=data, metadata=metadata)
+        else:
+            drop_snapshots_after(path, start_iter)
+        model = _steady(model)
     if parallel_message_passing and not kalman_scan:
         # the planner never asks for it on a CPU; a direct caller gets the safe filter too
         log.warning("parallel_message_passing=True is not used on a CPU (its batched LU deadlocks XLA:CPU)")
         parallel_message_passing = False
     it, done = start_iter, False
     last_plot = time.monotonic()
-    with watchdog.fit(model_name):  # each iteration is progress; the first one includes the compile
+    # each iteration is progress for the watchdog; the first one includes the compile
+    with out_of_memory_is_fit_error(), watchdog.fit(model_name):
         for it in range(start_iter + 1, num_iters + 1):
-            try:
-                faults.point(f"resample:{model_name}:{it}")
-                new = keypoint_slds.resample_model(
-                    data, **model, ar_only=ar_only, jitter=1e-3,
-                    parallel_message_passing=parallel_message_passing)
-            except RuntimeError as exc:
-                if "RESOURCE_EXHAUSTED" in str(exc):
-                    raise FitOutOfMemory(str(exc).splitlines()[0]) from exc
-                raise
+            faults.point(f"resample:{model_name}:{it}")
+            new = keypoint_slds.resample_model(
+                data, **model, ar_only=ar_only, jitter=1e-3,
+                parallel_message_passing=parallel_message_passing)
             faults.point(f"nan-check:{model_name}:{it}")  # the first read of the new state's values
             any_nans, _, messages = check_for_nans(new)
             if any_nans:
