@@ -18,11 +18,13 @@ $(VENV)/.installed: requirements.lock requirements-tools.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-test: setup  ## the whole test suite (what CI runs)
+test: setup  ## the import contracts (lint-imports), then the whole test suite (what CI runs)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
-lint: setup  ## ruff, and hadolint on the Dockerfile
+lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and hadolint on the Dockerfile
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 demo: setup  ## run the bundled example job

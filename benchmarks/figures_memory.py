@@ -110,27 +110,29 @@ def baseline(project: str, grid: str, seed: int) -> None:
 
     import numpy as np
 
-    from kpms_job import kpms_adapter as A
+    from kpms_job.kpms import common
+    from kpms_job.kpms import project as kproject
+    from kpms_job.kpms import results as R
     from kpms_job.stages import arrays
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    results, config = A.load_results(project, MODEL), A.load_config(project)
+    results, config = R.load_results(project, MODEL), kproject.load_config(project)
     coords, _, _ = arrays.load(Path(project) / ".kpms-job" / "preprocessed.npz")
     steps = {"loaded": peak()}
-    A.plot_frequencies(results, project, MODEL)
+    R.plot_frequencies(results, project, MODEL)
     steps["syllable_frequencies"] = peak()
-    A.plot_durations(results, project, MODEL, config["fps"])
+    R.plot_durations(results, project, MODEL, config["fps"])
     steps["duration_distribution"] = peak()
-    A.plot_dendrogram(coords, results, project, MODEL, config)
+    R.plot_dendrogram(coords, results, project, MODEL, config)
     steps["similarity_dendrogram"] = peak()
     print(json.dumps({"steps_mib": {k: round(v) for k, v in steps.items()}}), flush=True)
     rows, cols = map(int, grid.split("x"))
     cfg = {k: v for k, v in config.items() if k != "video_dir"}
     np.random.seed(seed)
-    with A.quiet():
-        A.kpms.generate_grid_movies(results, project, MODEL, output_dir=str(Path(project) / "baseline_movies"),
+    with common.quiet():
+        common.kpms.generate_grid_movies(results, project, MODEL, output_dir=str(Path(project) / "baseline_movies"),
                                     coordinates=dict(coords), rows=rows, cols=cols, keypoints_only=True, **cfg)
     steps["generate_grid_movies"] = peak()
     print(json.dumps({"steps_mib": {k: round(v) for k, v in steps.items()}}), flush=True)

@@ -11,7 +11,7 @@ The parent process plans against this machine's memory with the job's own planne
 (:func:`kpms_job.resources.ladder.choose` on :func:`kpms_job.resources.machine.budget`; no JAX in the parent),
 then starts a fresh child process that loads and tiles the data, runs PCA and the model
 initialisation and ``--iters`` full-model Gibbs iterations through the job's adapter
-(``kpms_adapter.run_gibbs``) with the chosen settings. The measured peak is the child's peak
+(``kpms_job.kpms.gibbs.run_gibbs``) with the chosen settings. The measured peak is the child's peak
 resident memory over its whole life (``getrusage(RUSAGE_CHILDREN).ru_maxrss``, checked
 against /proc polling every 0.2 s); the child also reports its peak during the fit alone.
 
@@ -84,12 +84,13 @@ def child(args) -> int:
     """Load, tile, PCA, init, and ``--iters`` full-model iterations; print the figures as JSON."""
     import numpy as np
 
-    from kpms_job import kpms_adapter as A
+    from kpms_job import memory
+    from kpms_job.kpms import gibbs, io, patches, project
 
     fmt, files, anterior, posterior, _ = RECORDINGS[args.recording]
     sources = []
     for path in files:
-        coords, confs, bodyparts = A.load_file(str(path), fmt, [])
+        coords, confs, bodyparts = io.load_file(str(path), fmt, [])
         sources.append((next(iter(coords.values())), next(iter(confs.values())), list(bodyparts)))
     bodyparts = sources[0][2]
     assert all(s[2] == bodyparts for s in sources), "tiled sources must share their bodyparts"
@@ -98,20 +99,22 @@ def child(args) -> int:
         c, f, _ = sources[i % len(sources)]
         idx = (np.arange(size) + i * 997) % len(c)
         coords[f"tile{i:04d}"], confs[f"tile{i:04d}"] = c[idx], f[idx]
-    A.configure(args.mixed_map_iters)
+    scan = memory.kalman_scan_allowed(gibbs.backend())
+    patches.install(location_scan=scan)  # before init_model: it runs patched steps
+    gibbs.configure(args.mixed_map_iters)
     work = Path(tempfile.mkdtemp(prefix="kpms-mem-"))
     pd = str(work / "project")
-    A.setup_project(pd, bodyparts=bodyparts, use=bodyparts, anterior=[anterior], posterior=[posterior],
+    project.setup_project(pd, bodyparts=bodyparts, use=bodyparts, anterior=[anterior], posterior=[posterior],
                     skeleton=[], fps=30.0, video_dir=None, conf_threshold=0.5, outlier_scale_factor=6.0,
                     noise_calibration=None, num_states=args.num_states, kappa=1e6, seed=0)
-    A.update_config(pd, latent_dim=args.latent_dim)
-    config = A.load_config(pd)
+    project.update_config(pd, latent_dim=args.latent_dim)
+    config = project.load_config(pd)
     t = time.monotonic()
-    data, metadata = A.format_data(coords, confs, config)
+    data, metadata = project.format_data(coords, confs, config)
     del coords, confs, sources
-    pca = A.fit_pca(data, config, pd)
-    model = A.init_model(data, pca, config, seed=0)
-    model = A.set_kappa(model, 1e5)
+    pca = project.fit_pca(data, config, pd)
+    model = gibbs.init_model(data, pca, config, seed=0)
+    model = gibbs.set_kappa(model, 1e5)
     t_prep = time.monotonic() - t
     peak_before_fit = status("VmHWM")
     with open("/proc/self/clear_refs", "w") as fh:  # the fit's own peak from here
@@ -124,8 +127,8 @@ def child(args) -> int:
               f"fit peak {status('VmHWM') / GiB:.2f} GiB", file=sys.stderr, flush=True)
 
     try:
-        A.run_gibbs(model, data, metadata, pd, "bench", start_iter=0, num_iters=args.iters, ar_only=False,
-                    save_every=args.iters, fps=30.0, parallel_message_passing=False,
+        gibbs.run_gibbs(model, data, metadata, pd, "bench", start_iter=0, num_iters=args.iters, ar_only=False,
+                    save_every=args.iters, fps=30.0, parallel_message_passing=False, kalman_scan=scan,
                     on_iteration=on_iteration, progress_plots=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)

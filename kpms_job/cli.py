@@ -117,8 +117,9 @@ def _tuning_verdict(state, m) -> int:
 
 
 def _fit_out_of_memory(exc) -> bool:
-    adapter = sys.modules.get("kpms_job.kpms_adapter")  # loaded if a fit ran at all
-    return adapter is not None and isinstance(exc, adapter.FitOutOfMemory)
+    from .errors import FitOutOfMemory
+
+    return isinstance(exc, FitOutOfMemory)
 
 
 def _same_invocation(args) -> bool:

@@ -92,3 +92,12 @@ class LockHeld(Interrupted):
 class LockLost(Interrupted):
     """Another job took the project dir's lock over (this one was judged stale): this job
     stopped at its next safe point without writing the project again."""
+
+
+class FitOutOfMemory(JobError):
+    """XLA could not allocate memory during a fit; ``kpms-job run`` records it and restarts with the
+    next memory setting (:func:`kpms_job.resources.planner.after_out_of_memory`)."""
+
+
+class FitNaN(JobError):
+    """The sampler produced NaNs; the fit stopped at the last good iteration."""

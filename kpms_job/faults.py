@@ -3,6 +3,8 @@
 ``point`` is a name the code passes to :func:`point`, for example ``stage-start:pca``,
 ``stage-end:arhmm``, ``iter:kpms_job:5`` (after Gibbs iteration 5 of model kpms_job,
 before its snapshot), ``state-write`` (between writing the temp file and the rename).
+The device-touching steps of a fit have one each: ``init_model``, ``resample:MODEL:ITER``,
+``nan-check:MODEL:ITER`` and ``snapshot:MODEL:ITER`` (snapshot 0 is the initial model).
 ``action`` is ``kill`` (a real SIGKILL of this process), ``term`` (SIGTERM to itself)
 ``oom`` (an XLA RESOURCE_EXHAUSTED error) or ``hang`` (blocks this thread for good in a
 blocking wait that, like a deadlocked native call, never returns to Python on its own: only

@@ -35,7 +35,7 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
                  measure_start: bool = False):
     """One tuned chain. ``measure_start``: measure the initial model's median and give it to
     the tuner as ``start_ms`` (saved with the medians, so a resumed chain replays the same)."""
-    from . import kpms_adapter as A
+    from .kpms import gibbs as A
 
     saved = ctx.state.get("tuning", {}).get(name, {})
     mine = saved.get("key") == key
@@ -143,7 +143,7 @@ def run_arhmm(ctx):
 
 
 def run_full(ctx):
-    from . import kpms_adapter as A
+    from .kpms import project as A
 
     ts = tuning_settings(ctx.m)
     iters = ctx.m["fitting"]["full_iters"]

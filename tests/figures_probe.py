@@ -9,7 +9,7 @@ synthetic (no fit, to stay fast): 4 labels in runs of 0.2-0.8 s, seeded. Centroi
 headings come from keypoint-moseq's ``get_centroids_headings`` (snout anterior, tailbase
 posterior).
 
-``--impl ours`` runs kpms_job.kpms_movies.write_grid_movies; ``--impl kpms`` runs
+``--impl ours`` runs kpms_job.kpms.movies.write_grid_movies; ``--impl kpms`` runs
 keypoint-moseq's own ``generate_grid_movies`` (the implementation the job used before) with
 the same grid. Prints ``{"baseline_mib", "peak_mib", "growth_mib", "movies", "seconds"}``:
 the resident memory just before the call, the process's peak resident memory
@@ -42,9 +42,9 @@ def data(repeat: int, scale: float = 1.0):
     import numpy as np
     from keypoint_moseq import util as kutil
 
-    from kpms_job import kpms_adapter as A
+    from kpms_job.kpms.io import load_file
 
-    coords, _, bodyparts = A.load_file(str(CSV), "deeplabcut", [])
+    coords, _, bodyparts = load_file(str(CSV), "deeplabcut", [])
     name, xy = next(iter(coords.items()))
     xy = np.repeat(np.asarray(xy, float), repeat, axis=0) * scale
     fps = 30.0 * repeat
@@ -77,7 +77,7 @@ def main(argv=None):
     import keypoint_moseq as kpms
     import numpy as np
 
-    from kpms_job import kpms_movies
+    from kpms_job.kpms import movies as kpms_movies
 
     base = rss_mib()
     t0 = time.perf_counter()

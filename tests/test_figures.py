@@ -1,4 +1,4 @@
-"""Grid movies in bounded memory (kpms_job.kpms_movies), resumable per syllable.
+"""Grid movies in bounded memory (kpms_job.kpms.movies), resumable per syllable.
 
 The data: the bundled real recording (2330 frames x 4 keypoints, 30 fps) with synthetic
 syllables (4 labels in runs of 0.2-0.8 s) and keypoint-moseq's centroids and headings; see
@@ -72,7 +72,7 @@ def _frames(path: Path) -> int:
 
 def test_grid_movies_resume_per_syllable_and_never_fork(tmp_path, data):
     """A rerun skips finished movies; a partial temp file is redone; new results redo all."""
-    from kpms_job import kpms_movies
+    from kpms_job.kpms import movies as kpms_movies
 
     results, coords, config = data
     forks = []
@@ -110,7 +110,7 @@ def test_grid_movies_show_keypoint_moseqs_instances(tmp_path, data):
     import cv2
     import keypoint_moseq as kpms
 
-    from kpms_job import kpms_movies
+    from kpms_job.kpms import movies as kpms_movies
 
     results, coords, config = data
     ours = kpms_movies.write_grid_movies(results, None, None, coords, config, output_dir=tmp_path / "ours",

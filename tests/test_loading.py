@@ -1,11 +1,11 @@
 """Real tracking files of every supported kind, loaded the way the ingest stage loads them.
 
-Each test compares what ``kpms_adapter.load_file`` returns with the file's own values read
+Each test compares what ``kpms_job.kpms.io.load_file`` returns with the file's own values read
 independently (pandas for DeepLabCut tables, h5py for SLEAP analysis and NWB files), for
 every bodypart: a wrong bodypart order (keypoint-moseq 0.8.1 returns multi-animal bodyparts
 as an unordered set) shows up as coordinates under the wrong name. Files in tests/data run
 everywhere; the others come from ../shared/data and are skipped where it is absent.
-Importing the adapter imports JAX (~6-8 s, once per session).
+Importing the loaders imports JAX (~6-8 s, once per session).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def local(path: Path):
 
 @pytest.fixture(scope="module")
 def adapter():
-    from kpms_job import kpms_adapter
+    from types import SimpleNamespace
 
-    return kpms_adapter
+    from kpms_job.kpms import io, project
+
+    return SimpleNamespace(load_file=io.load_file, format_data=project.format_data)
 
 
 def read_dlc(path: Path) -> pd.DataFrame:
@@ -164,7 +166,8 @@ def test_sleap_matches_the_analysis_tracks(adapter, path):
                 np.testing.assert_array_equal(confs[name][:, i], present.astype(float), err_msg=bp)
             else:
                 np.testing.assert_array_equal(confs[name][:, i], scores[t, j], err_msg=bp)
-    if scores is None and path.suffix != ".slp":  # the fallback is exercised: the cut keeps frames where a fly's point is missing
+    # the fallback is exercised: the cut keeps frames where a fly's point is missing
+    if scores is None and path.suffix != ".slp":
         assert any((confs[n] == 0).any() and (confs[n] == 1).any() for n in names)
 
 

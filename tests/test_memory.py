@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,8 @@ from kpms_job.errors import OutOfMemory
 from kpms_job.resources import ladder, machine, model, planner
 from kpms_job.resources.model import GiB, Setting, Shape
 from kpms_job.state import JobState
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- shapes and the ladder
@@ -225,7 +228,7 @@ def test_max_frames_is_where_the_plan_stops_fitting():
 
 @pytest.mark.slow
 def test_patched_full_model_steps_equal_jax_moseqs_own_at_every_mixed_map_iters():
-    """The adapter's per-sequence continuous, location and noise-scale steps sample what jax-moseq's own
+    """The patched per-sequence continuous, location and noise-scale steps sample what jax-moseq's own
     sample, with the same random keys, at mixed_map_iters 1, 2 and 3. Location is bit-identical, with
     the associative scan jax-moseq always uses and with the sequential filter a CPU plan asks for. The
     Kalman step of the latent states and the scales may differ from the original by rounding only (XLA
@@ -240,16 +243,19 @@ def test_patched_full_model_steps_equal_jax_moseqs_own_at_every_mixed_map_iters(
         import jax
         import jax.random as jr
         import numpy as np
-        from kpms_job import kpms_adapter as A
+        from tools.calibrate_memory import calibration_model, install_patches
+        from kpms_job.kpms import patches
         from jax_moseq.models import keypoint_slds
         from jax_moseq.models.keypoint_slds import gibbs, initialize
         from jax_moseq.utils import set_mixed_map_iters
 
+        install_patches()
+        assert not patches.skipped(), patches.skipped()
         assert gibbs.resample_scales is initialize.resample_scales is keypoint_slds.resample_scales
-        assert gibbs.resample_location is keypoint_slds.resample_location is not A.ORIGINAL_LOCATION
+        assert gibbs.resample_location is keypoint_slds.resample_location is not patches.original("location")
         assert gibbs.resample_continuous_stateseqs is keypoint_slds.resample_continuous_stateseqs
-        assert A.ORIGINAL_SCALES is not None and gibbs.resample_scales is not A.ORIGINAL_SCALES
-        data, model = A.calibration_model(4, 4, 20)
+        assert patches.original("scales") is not None and gibbs.resample_scales is not patches.original("scales")
+        data, model = calibration_model(4, 4, 20)
         st, pa, hy = model["states"], model["params"], model["hypparams"]
         d = {k: v for k, v in data.items() if k != "conf"}
         n, t = d["mask"].shape  # cut into 4 sequences: 3 batches pad one
@@ -259,14 +265,17 @@ def test_patched_full_model_steps_equal_jax_moseqs_own_at_every_mixed_map_iters(
         z = np.asarray(model["states"]["z"])  # frames 3.. of each sequence
         st["z"] = np.stack([z[:, : t // 2 - 3], z[:, t // 2: t - 3]], axis=1).reshape(2 * n, -1)
         steps = {
-            "continuous": (A.ORIGINAL_CONTINUOUS_STATESEQS, gibbs.resample_continuous_stateseqs,
+            "continuous": (patches.original("continuous_stateseqs"), gibbs.resample_continuous_stateseqs,
                            dict(**d, **st, **pa, parallel_message_passing=False)),
-            "location": (A.ORIGINAL_LOCATION, gibbs.resample_location, dict(**d, **st, **pa, **hy["cen_hypparams"])),
+            # jax-moseq's own always takes the scan (resample_model never chooses)
+            "location": (patches.original("location"), partial(gibbs.resample_location, parallel_message_passing=True),
+                         dict(**d, **st, **pa, **hy["cen_hypparams"])),
             # the job's CPU setting: jax-moseq's own code with a sequential Kalman filter
-            "location-sequential": (jax.jit(partial(A.ORIGINAL_LOCATION.__wrapped__, parallel_message_passing=False)),
+            "location-sequential": (jax.jit(partial(patches.original("location").__wrapped__,
+                                                    parallel_message_passing=False)),
                                     partial(gibbs.resample_location, parallel_message_passing=False),
                                     dict(**d, **st, **pa, **hy["cen_hypparams"])),
-            "scales": (A.ORIGINAL_SCALES, gibbs.resample_scales,
+            "scales": (patches.original("scales"), gibbs.resample_scales,
                        dict(**d, **st, **pa, s_0=cut(model["noise_prior"]), **hy["obs_hypparams"])),
         }
         rel = lambda a, b: float(np.max(np.abs(a - b) / (np.abs(b) + 1e-300)))
@@ -288,7 +297,7 @@ def test_patched_full_model_steps_equal_jax_moseqs_own_at_every_mixed_map_iters(
                     out[f"{name}/{i}/{mmi}"] = [rel(got, ref), rel(got, np.asarray(orig(jr.PRNGKey(99), **kw)))]
         print("JSON" + json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.split("JSON", 1)[1])
     itself = max(out.pop("jax-moseq itself/0"), out.pop("jax-moseq itself/1"))
@@ -487,17 +496,17 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
 
     code = textwrap.dedent("""
         import json
-        from kpms_job import kpms_adapter as A
+        from tools.calibrate_memory import calibration_model, compiled_step_memory
         from kpms_job.resources.model import BATCHED
-        data, model = A.calibration_model(6, 5, 60)
+        data, model = calibration_model(6, 5, 60)
         out = {}
         for mmi in (1, 3):
-            out[mmi] = A.compiled_step_memory(data, model, segments=6, seg_length=5000,
+            out[mmi] = compiled_step_memory(data, model, segments=6, seg_length=5000,
                                               parallel_message_passing=False, mixed_map_iters=mmi,
                                               only=None if mmi == 1 else BATCHED)
         print("JSON" + json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     measured = json.loads(res.stdout.split("JSON", 1)[1])
     shape = Shape(frames=6 * 5000, keypoints=6, latent_dim=5, num_states=60, recordings=(5000,) * 6)
@@ -516,7 +525,7 @@ def test_model_predicts_xla_memory_analysis_outside_the_calibration_grid():
 
 @pytest.mark.slow
 def test_patched_steps_equal_jax_moseqs_own_at_every_mixed_map_iters():
-    """The adapter's patched discrete-state step (kpms_adapter._patch_discrete_stateseqs) samples the
+    """The patched discrete-state step (kpms_job.kpms.patches.discrete_stateseqs) samples the
     same z as jax-moseq's original, bit for bit, whatever mixed_map_iters (read at trace time: caches
     cleared between); its patched AR parameter step (_patch_ar_params) the same Ab and Q. The
     bundled recording, twice, cut into 4 sequences (3 batches pad one)."""
@@ -528,15 +537,17 @@ def test_patched_steps_equal_jax_moseqs_own_at_every_mixed_map_iters():
         import jax
         import jax.random as jr
         import numpy as np
-        from kpms_job import kpms_adapter as A
+        from tools.calibrate_memory import calibration_model, install_patches
+        from kpms_job.kpms import patches
         from jax_moseq.models import arhmm
         from jax_moseq.models.arhmm import gibbs, initialize
         from jax_moseq.utils import set_mixed_map_iters
 
-        assert gibbs.resample_discrete_stateseqs is not A.ORIGINAL_DISCRETE_STATESEQS
+        install_patches()
+        assert gibbs.resample_discrete_stateseqs is not patches.original("discrete_stateseqs")
         assert arhmm.resample_discrete_stateseqs is initialize.resample_discrete_stateseqs \\
             is gibbs.resample_discrete_stateseqs
-        data, model = A.calibration_model(4, 4, 20)
+        data, model = calibration_model(4, 4, 20)
         x, mask = model["states"]["x"], data["mask"]
         n, t = mask.shape
         args = dict(x=x.reshape(2 * n, t // 2, -1), mask=mask.reshape(2 * n, t // 2),
@@ -545,19 +556,19 @@ def test_patched_steps_equal_jax_moseqs_own_at_every_mixed_map_iters():
         for i, seed in enumerate((model["seed"], jr.PRNGKey(7))):
             set_mixed_map_iters(1)
             jax.clear_caches()
-            ref = np.asarray(A.ORIGINAL_DISCRETE_STATESEQS(seed, **args))
+            ref = np.asarray(patches.original("discrete_stateseqs")(seed, **args))
             for mmi in (1, 2, 3, 4):
                 set_mixed_map_iters(mmi)
                 jax.clear_caches()
                 z = np.asarray(gibbs.resample_discrete_stateseqs(seed, **args))
                 out[f"{i}/{mmi}"] = [z.shape == ref.shape, int((z != ref).sum()), int(len(np.unique(ref)))]
             ar = dict(args, z=ref, **model["hypparams"]["ar_hypparams"])
-            assert gibbs.resample_ar_params is not A.ORIGINAL_AR_PARAMS
-            for a, b in zip(A.ORIGINAL_AR_PARAMS(seed, **ar), gibbs.resample_ar_params(seed, **ar)):
+            assert gibbs.resample_ar_params is not patches.original("ar_params")
+            for a, b in zip(patches.original("ar_params")(seed, **ar), gibbs.resample_ar_params(seed, **ar)):
                 out[f"{i}/ar"] = out.get(f"{i}/ar", []) + [bool(np.array_equal(np.asarray(a), np.asarray(b)))]
         print("JSON" + json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.split("JSON", 1)[1])
     assert out.pop("0/ar") == out.pop("1/ar") == [True, True]  # Ab, Q identical

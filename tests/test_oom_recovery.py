@@ -92,3 +92,36 @@ def test_every_setting_out_of_memory_exits_4_saying_what_was_tried(tmp_path):
     assert all(a["outcome"] == "out of memory" for a in plan["attempts"])
     # the AR-HMM checkpoint keeps what was done: a rerun (memory freed, here: no fault) finishes
     assert (tmp_path / "project" / "kpms_job_arhmm" / "checkpoint.h5").exists()
+
+
+def test_oom_at_the_nan_check_recovers_like_one_in_the_gibbs_step(tmp_path, reference):
+    # with JAX's asynchronous dispatch, an allocation failure of the Gibbs step surfaces where its
+    # result is first read: the NaN check
+    res = run_job("run", two_recordings(tmp_path), env={"KPMS_JOB_FAULT": "oom@nan-check:kpms_job:3"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert re.search(r"out of memory in the full_model with parallel_message_passing=False, mixed_map_iters=1 "
+                     r"\(RESOURCE_EXHAUSTED.*nan-check:kpms_job:3\)\); restarting with .*mixed_map_iters=2",
+                     res.stderr), res.stderr[-3000:]
+    [attempt] = state(tmp_path / "project")["extra"]["resources"]["attempts"]
+    assert attempt["stage"] == "full_model" and attempt["outcome"] == "out of memory"
+    got = labels(tmp_path / "project")
+    assert got.keys() == reference.keys()
+    for k in reference:
+        assert np.array_equal(got[k], reference[k]), k
+
+
+def test_oom_in_init_model_and_in_a_snapshot_write_go_through_the_same_recovery(tmp_path):
+    # the first escalates from mixed_map_iters 1 to 2 (a restart), the second, in the most frugal
+    # setting, ends the job with exit 4: each is recorded as an out-of-memory attempt, none exits 1
+    fault = "oom@init_model,oom@snapshot:kpms_job:4"
+    res = run_job("run", two_recordings(tmp_path), env={"KPMS_JOB_FAULT": fault})
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    plan = state(tmp_path / "project")["extra"]["resources"]
+    assert [(a["stage"], a["setting"]["mixed_map_iters"]) for a in plan["attempts"]] == [("arhmm", 1),
+                                                                                      ("full_model", 2)]
+    assert all(a["outcome"] == "out of memory" for a in plan["attempts"])
+    assert "injected at init_model" in plan["attempts"][0]["error"]
+    assert "injected at snapshot:kpms_job:4" in plan["attempts"][1]["error"]
+    assert res.stderr.strip().splitlines()[-1].startswith("kpms-job: error: out of memory after every fallback")

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from conftest import record_all
 
-import kpms_job
 from kpms_job import manifest, pipeline, tuning_stage
 from kpms_job.stages import arhmm, full_model
 from kpms_job.state import JobState
@@ -193,9 +192,12 @@ def chain_keys(m: dict, monkeypatch) -> dict:
     stops. The AR-HMM's result (kappa, iterations), which the full model starts from, is
     made a function of its key, as a real chain's is.
     """
-    fake = types.ModuleType("kpms_job.kpms_adapter")
-    monkeypatch.setitem(sys.modules, "kpms_job.kpms_adapter", fake)
-    monkeypatch.setattr(kpms_job, "kpms_adapter", fake, raising=False)
+    import kpms_job.kpms
+
+    for part in ("gibbs", "project"):  # no JAX: the stages stop at their fit
+        fake = types.ModuleType(f"kpms_job.kpms.{part}")
+        monkeypatch.setitem(sys.modules, f"kpms_job.kpms.{part}", fake)
+        monkeypatch.setattr(kpms_job.kpms, part, fake, raising=False)
     keys = {}
 
     def stop_at_fit(chain):

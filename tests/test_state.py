@@ -349,10 +349,19 @@ def test_a_fit_stops_before_the_snapshot_of_the_iteration_in_which_the_lock_was_
                 return model, it, False
         return model, num_iters, True
 
-    fake = types.SimpleNamespace(run_gibbs=run_gibbs, median_duration_ms=lambda *a: 300.0)
-    monkeypatch.setitem(sys.modules, "kpms_job.kpms_adapter", fake)
-    monkeypatch.setattr(kpms_job, "kpms_adapter", fake, raising=False)
-    monkeypatch.setattr(fitting, "settings", lambda ctx: {"parallel_message_passing": False})
+    import contextlib
+
+    import kpms_job.kpms
+
+    fake = types.SimpleNamespace(run_gibbs=run_gibbs, median_duration_ms=lambda *a: 300.0,
+                                 out_of_memory_is_fit_error=contextlib.nullcontext)
+    monkeypatch.setitem(sys.modules, "kpms_job.kpms.gibbs", fake)
+    monkeypatch.setattr(kpms_job.kpms, "gibbs", fake, raising=False)
+    def settings(ctx):
+        ctx.cache["kalman_scan"] = False  # a CPU's, as fitting.settings records it
+        return {"parallel_message_passing": False}
+
+    monkeypatch.setattr(fitting, "settings", settings)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(job.parent / "jax-cache"))
     for st in pipeline.STAGES:
         monkeypatch.setattr(st.module, "run", lambda ctx: {"fps": 30.0})

@@ -71,7 +71,7 @@ def need(arhmm: Estimate, full: Estimate) -> Estimate:
 
 
 def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
-           failed=()) -> Choice:
+           failed=(), patched=None) -> Choice:
     """The fastest setting whose estimates (AR-HMM and full model) fit ``FILL`` x ``budget``.
 
     ``failed`` are settings that already ran out of memory: the plan goes on from the
@@ -90,12 +90,13 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
     limit = FILL * budget
     if not rungs:
         last = skipped[-1] if skipped else Setting(False, 1)
-        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend),
-                      estimate(shape, last, "full_model", backend), [], skipped,
+        return Choice(last, False, budget, estimate(shape, last, "arhmm", backend, patched=patched),
+                      estimate(shape, last, "full_model", backend, patched=patched), [], skipped,
                       "every setting has run out of memory already")
     tried, ars = [], []
     for s in rungs:
-        ar, full = estimate(shape, s, "arhmm", backend), estimate(shape, s, "full_model", backend)
+        ar = estimate(shape, s, "arhmm", backend, patched=patched)
+        full = estimate(shape, s, "full_model", backend, patched=patched)
         tried.append((s, full))
         ars.append(ar)
         if need(ar, full).total <= limit:
@@ -121,10 +122,12 @@ def choose(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", m
     return Choice(s, fits, budget, arhmm, full, tried, skipped, "; ".join(why), ars)
 
 
-def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
+               patched=None) -> int:
     """The most frames (recordings of 10,000) whose plan fits ``budget``; 0 if none."""
     def fits(n):
-        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters).fits
+        return n > 0 and choose(_with(shape, frames=n), budget, backend, parallel, mixed_map_iters,
+                                patched=patched).fits
     lo, hi = 0, MAX_SEG_LENGTH
     while fits(hi):
         lo, hi = hi, hi * 2
@@ -136,14 +139,16 @@ def max_frames(shape: Shape, budget: float, backend: str = "cpu", parallel="auto
     return lo
 
 
-def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto") -> int:
+def max_states(shape: Shape, budget: float, backend: str = "cpu", parallel="auto", mixed_map_iters="auto",
+               patched=None) -> int:
     """The most num_states whose plan fits ``budget`` at these frames; 0 if none."""
     lo, hi = 0, max(shape.num_states, 2)
-    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters).fits:
+    if choose(_with(shape, num_states=hi), budget, backend, parallel, mixed_map_iters, patched=patched).fits:
         return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters).fits
+        ok = mid > 0 and choose(_with(shape, num_states=mid), budget, backend, parallel, mixed_map_iters,
+                                patched=patched).fits
         lo, hi = (mid, hi) if ok else (lo, mid)
     return lo
 

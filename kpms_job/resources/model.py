@@ -2,7 +2,7 @@
 
 What it models
 --------------
-One Gibbs iteration of jax-moseq 0.8 (``keypoint_slds.resample_model``) runs a fixed
+One Gibbs iteration of jax-moseq 0.3.7 (``keypoint_slds.resample_model``) runs a fixed
 sequence of separately jitted steps: transition counts, AR parameters, discrete states
 (the AR-HMM; the full model adds continuous states ``x`` by Kalman sampling, heading,
 location and noise scales). The peak memory of a fit is therefore
@@ -16,13 +16,15 @@ step term comes from XLA's own buffer assignment (``compiled.memory_analysis()``
 
 Every step's memory is linear in the number of (padded) frames. Its bytes per frame are
 a linear combination of features of the model's size (:func:`features`), with
-coefficients measured, not guessed: ``tools/calibrate_memory.py`` compiles the real
-jax-moseq steps for a grid of small real shapes and fits them by least squares (it prints
-a new :data:`COEFFS`). Four steps are split by
+coefficients measured, not guessed: the developer tool ``tools/calibrate_memory.py`` compiles
+the real jax-moseq steps for a grid of small real shapes and fits them by least squares (it
+prints a new :data:`COEFFS`). Four steps are split by
 ``mixed_map_iters`` (jax-moseq's ``mixed_map``): the Kalman sampling of the full model
-(``continuous``) and, batched by the adapter's patches of jax-moseq (see
-:mod:`kpms_job.kpms_adapter`), the discrete-state sampling of both models (``discrete``), the
-centroid (``location``) and the noise scales (``scales``). Each has a *whole*
+(``continuous``) and, batched by the job's patches of jax-moseq (see
+:mod:`kpms_job.kpms.patches`), the discrete-state sampling of both models (``discrete``), the
+centroid (``location``) and the noise scales (``scales``). A patch that did not install (another
+jax-moseq) leaves its step unbatched: :func:`estimate` takes the installed patches
+(``patched``) and plans such a step at mixed_map_iters 1. Each has a *whole*
 part (over all frames) and a *chunk* part (over one batch of ``ceil(segments /
 mixed_map_iters)`` segments). ``parallel_message_passing`` (an associative scan instead
 of a sequential Kalman filter) is much faster on a GPU and needs several times the memory.
@@ -42,19 +44,22 @@ MAX_SEG_LENGTH = 10_000  # keypoint_moseq.util.format_data(max_seg_length=10_000
 
 # --------------------------------------------------------------------------- constants
 #: Per-frame bytes of each step: {step: {feature: coefficient}}; see :func:`features`.
-#: Measured with ``tools/calibrate_memory.py`` (jax 0.10.2, jax-moseq 0.8.1, keypoint-moseq 0.8.1,
+#: Measured with tools/calibrate_memory.py (jax 0.10.2, jax-moseq 0.3.7, keypoint-moseq 0.8.1,
 #: XLA:CPU; its grid at 4 segments x 10,030 frames). ``discrete.*``
-#: and ``ar_params`` re-measured after the adapter's patches of those two steps
-#: (``tools/calibrate_memory.py --calibrate --steps discrete,ar_params``: the same grid,
+#: and ``ar_params`` re-measured after the patches of those two steps
+#: (``tools/calibrate_memory.py --steps discrete,ar_params``: the same grid,
 #: the discrete step at mixed_map_iters 1 and 2). The discrete step at 1 needs what
 #: jax-moseq's own needs, 24 x num_states bytes/frame, at 2 about half (fit within 13% on
 #: the grid); ar_params fell from 16 x num_states + 12 x LD to 34 + 22 x LD (within 1%).
-#: ``continuous.*``, ``location.*`` and ``scales.*`` re-measured after the adapter's
+#: ``continuous.*``, ``location.*`` and ``scales.*`` re-measured after the
 #: per-sequence patches of those steps (``--steps continuous,location,scales``): at 10 M
 #: frames the scales step fell from 15.2 GiB (one unbatched gamma draw) to 9.6 GiB + a chunk.
 COEFFS: dict[str, dict[str, float]] = {
     "transitions": {"1": 17.436},
     "ar_params": {"1": 34.316, "LD": 21.677},
+    # jax-moseq's own step, before the patch of it (kpms_job.kpms.patches.ar_params): its
+    # num_states x frames mask; measured with the same grid before that patch was written
+    "ar_params.unpatched": {"S": 16.0, "LD": 12.0},
     "discrete.whole": {"1": 23.867, "D": 20.726},
     "discrete.chunk": {"1": -157.202, "S": 24.425},
     "continuous.seq.whole": {"1": 80.271, "K": 47.76, "LD": 4.231},
@@ -158,7 +163,7 @@ def features(shape: Shape) -> dict[str, float]:
 
 
 #: Steps that ``mixed_map_iters`` batches: a whole and a chunk term each (jax-moseq batches
-#: ``continuous``; the adapter's patches the others).
+#: ``continuous``; the patches in kpms_job.kpms.patches the others).
 BATCHED = ("continuous", "discrete", "location", "scales")
 #: Steps with a ``.par`` (associative scan) and a ``.seq`` (sequential Kalman filter) term.
 KALMAN = ("continuous", "location")
@@ -167,7 +172,7 @@ def kalman_scan_allowed(backend: str) -> bool:
     centroid step's own scan) may run on ``backend``: never on a CPU.
 
     On XLA:CPU the job never uses the associative-scan Kalman sampler, at any size: neither for the
-    centroid (``location``: jax-moseq's own step always takes the scan; the adapter's patch takes the
+    centroid (``location``: jax-moseq's own step always takes the scan; the job's patch takes the
     sequential filter on a CPU) nor for the continuous states (:func:`.ladder.ladder` offers only
     ``parallel_message_passing=False`` on a CPU, even when the manifest pins ``true``). Why: jaxlib
     0.10.x runs every batched LAPACK call (``lapack_dgetrf_ffi``, ``lapack_dpotrf_ffi``, ...) through
@@ -189,7 +194,8 @@ def kalman_scan_allowed(backend: str) -> bool:
 #: The features each step's bytes per frame depend on.
 STEP_FEATURES = {  # chosen by leave-one-shape-out error on the calibration records (at most 10%)
     "transitions": ("1",),
-    "ar_params": ("1", "LD"),  # the lagged x; no num_states x frames mask since the adapter's patch
+    "ar_params": ("1", "LD"),
+    "ar_params.unpatched": ("S", "LD"),  # the lagged x; no num_states x frames mask since the patch
     "discrete.whole": ("1", "D"),  # copies of x (mixed_map's reshape), keys, z: within 13% on the grid
     "discrete.chunk": ("1", "S"),  # per batch: the AR log likelihoods and HMM messages, num_states per frame
     "continuous.seq.whole": ("1", "K", "LD"),
@@ -277,25 +283,39 @@ def resident_bytes(shape: Shape, backend: str = "cpu") -> float:
     return BYTES * per * shape.padded_frames
 
 
+#: The steps a patch of jax-moseq changes (kpms_job.kpms.patches.STEPS); ``patched=None`` means all.
+PATCHED_STEPS = frozenset({"discrete", "ar_params", "continuous", "location", "scales"})
+
+
 def estimate(shape: Shape, setting: Setting | None, stage: str = "full_model", backend: str = "cpu",
-             coeffs=None) -> Estimate:
+             coeffs=None, patched=None) -> Estimate:
     """Peak memory of the AR-HMM (``stage='arhmm'``) or full-model fit with ``setting``.
 
     ``setting=None``: no batching (mixed_map_iters 1, parallel_message_passing off).
+    ``patched``: the steps whose jax-moseq patch is installed (``kpms.patches.active()``);
+    None: all of them, as with the jax-moseq of the lock. A step left unpatched is jax-moseq's
+    own: planned at mixed_map_iters 1 (jax-moseq batches only the Kalman sampler of the
+    continuous step, not its whole-data preparation: at 1 it errs on the safe side), the AR
+    parameter step with its ``num_states x frames`` mask, the centroid step with the
+    associative scan it always takes.
     """
     coeffs = coeffs or COEFFS
     setting = setting or Setting(False, 1)
+    patched = PATCHED_STEPS if patched is None else frozenset(patched)
     frames = shape.padded_frames
     steps = {}
     names = STEPS_ARHMM if stage == "arhmm" else STEPS_FULL
     for name in names:
+        own = name in PATCHED_STEPS and name not in patched
         if name in BATCHED:
             term = name
             if name == "continuous":
                 term += ".par" if setting.parallel_message_passing else ".seq"
             elif name == "location":
-                term += ".par" if kalman_scan_allowed(backend) else ".seq"
-            steps[name] = batched_bytes(term, shape, setting.mixed_map_iters, coeffs)
+                term += ".par" if own or kalman_scan_allowed(backend) else ".seq"
+            steps[name] = batched_bytes(term, shape, 1 if own else setting.mixed_map_iters, coeffs)
+        elif own and f"{name}.unpatched" in coeffs:
+            steps[name] = per_frame(f"{name}.unpatched", shape, coeffs) * frames
         else:
             steps[name] = per_frame(name, shape, coeffs) * frames
     return Estimate(stage, setting, BASE_BYTES.get(backend, 0.0), resident_bytes(shape, backend), steps)

@@ -82,8 +82,13 @@ def _jax_budget(backend: str, prepared: dict, res: dict) -> tuple[float, str, st
     return b, source, "cpu"
 
 
-def plan_for_context(ctx) -> dict:
-    """Choose parallel_message_passing and mixed_map_iters for this process (imports JAX)."""
+def plan_for_context(ctx, patched=None) -> dict:
+    """Choose parallel_message_passing and mixed_map_iters for this process (imports JAX).
+
+    ``patched``: the steps whose jax-moseq patch is installed in this process
+    (``kpms.patches.active()``); a step without its patch is planned as jax-moseq's own,
+    unbatched (:func:`model.estimate`). None: all of them.
+    """
     import jax
 
     res = ctx.m["resources"]
@@ -98,10 +103,11 @@ def plan_for_context(ctx) -> dict:
     attempts = attempts_for(old, sig)
     failed = failed_settings(old, sig)
     choice = ladder.choose(shape, budget_bytes, backend, res["parallel_message_passing"], res["mixed_map_iters"],
-                           failed=failed)
+                           failed=failed, patched=patched)
     plan = {"backend": jax.default_backend(), **choice.as_dict(), "budget_source": source, "device": device,
             "frames": shape.frames, "padded_frames": shape.padded_frames, "segments": shape.segments,
             "signature": sig, "attempts": attempts, "jax_env": prepared.get("set", {}),
+            "patched": sorted(model.PATCHED_STEPS if patched is None else patched),
             "peak_bytes": old.get("peak_bytes") if old.get("signature") == sig else None,
             "peak_source": old.get("peak_source") if old.get("signature") == sig else None,
             "planned_at": time.time()}
@@ -160,8 +166,8 @@ def watch_peak(ctx) -> None:
 def _oom_message(plan: dict, shape: model.Shape, budget_bytes: float) -> str:
     tried = "; ".join(f"{model.Setting(**a['setting']).label()} ({a.get('stage', '?')})"
                       for a in plan.get("attempts", []) if a.get("outcome") == "out of memory")
-    fit_frames = ladder.max_frames(shape, budget_bytes, plan.get("backend", "cpu"))
-    states = ladder.max_states(shape, budget_bytes, plan.get("backend", "cpu"))
+    fit_frames = ladder.max_frames(shape, budget_bytes, plan.get("backend", "cpu"), patched=plan.get("patched"))
+    states = ladder.max_states(shape, budget_bytes, plan.get("backend", "cpu"), patched=plan.get("patched"))
     hints = [f"raise resources.vram_budget_gb or run on a machine with more memory (budget was "
              f"{model.gib(budget_bytes)}, {plan.get('budget_source', '')})"]
     if fit_frames and fit_frames < shape.frames:
@@ -204,8 +210,10 @@ def after_out_of_memory(m: dict, state, error: str, stage: str | None) -> dict:
     left = rungs[max(done) + 1:] if done else rungs
     if len(left) > 1:  # skip rungs the model says save nothing over the failed one; keep the last
         fit = "arhmm" if stage == "arhmm" else "full_model"
-        failed_est = model.estimate(shape, model.Setting(**setting), fit, backend).total
-        saving = [r for r in left[:-1] if model.estimate(shape, r, fit, backend).total < 0.99 * failed_est]
+        patched = plan.get("patched")  # the patches the failed process had installed
+        failed_est = model.estimate(shape, model.Setting(**setting), fit, backend, patched=patched).total
+        saving = [r for r in left[:-1]
+                  if model.estimate(shape, r, fit, backend, patched=patched).total < 0.99 * failed_est]
         left = saving + left[-1:]
     state.put("resources", plan)
     if not left:

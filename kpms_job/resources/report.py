@@ -39,9 +39,13 @@ def _machine_budget(budget_gb, vram_budget_gb="auto", device="auto"):
 
 
 def report(shape: model.Shape, budget: float, source: str, backend: str, parallel="auto",
-           mixed_map_iters="auto", failed=(), notes=()) -> list[str]:
-    """The lines ``plan`` prints for one fit shape and budget."""
-    choice = ladder.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed)
+           mixed_map_iters="auto", failed=(), notes=(), patched=None) -> list[str]:
+    """The lines ``plan`` prints for one fit shape and budget.
+
+    ``patched``: the steps whose jax-moseq patch is installed (None: all, as the lock's
+    jax-moseq gets them; ``plan`` imports no JAX, so it takes what the last fit recorded).
+    """
+    choice = ladder.choose(shape, budget, backend, parallel, mixed_map_iters, failed=failed, patched=patched)
     where = "GPU" if backend == "gpu" else "CPU (system memory)"
     lines = [
         "memory plan:",
@@ -71,8 +75,8 @@ def report(shape: model.Shape, budget: float, source: str, backend: str, paralle
     lines.append(f"  full model {choice.full.describe()}")
     lines.append(f"  why        {choice.reason}")
     if not choice.fits:
-        n = ladder.max_frames(shape, budget, backend, parallel, mixed_map_iters)
-        s = ladder.max_states(shape, budget, backend, parallel, mixed_map_iters)
+        n = ladder.max_frames(shape, budget, backend, parallel, mixed_map_iters, patched=patched)
+        s = ladder.max_states(shape, budget, backend, parallel, mixed_map_iters, patched=patched)
         hints = []
         if n:
             hints.append(f"about {n:,} frames fit this budget with these sizes")
@@ -117,10 +121,14 @@ def plan_manifest(m: dict, state) -> None:
     if other:
         notes.append(f"{other} out-of-memory attempt(s) under other sizes, device or resources settings "
                      "do not count: their settings are tried again")
+    patched = old.get("patched")
+    if patched is not None and set(patched) != model.PATCHED_STEPS:
+        notes.append("planned without the jax-moseq patches the last fit could not install: "
+                     + ", ".join(sorted(model.PATCHED_STEPS - set(patched))) + " (unbatched)")
     if not (state.stage("pca") or {}).get("info"):
         notes.append(f"latent_dim {shape.latent_dim} assumed until PCA has run")
     print("\n".join(report(shape, budget, source, found.backend, res.get("parallel_message_passing", "auto"),
-                           res.get("mixed_map_iters", "auto"), failed, notes)))
+                           res.get("mixed_map_iters", "auto"), failed, notes, patched)))
     if old.get("peak_bytes"):
         used = model.Setting(bool(old["parallel_message_passing"]), int(old["mixed_map_iters"]))
         print(f"  last run   {old.get('backend')}, {used.label()}: peak {gib(old['peak_bytes'])} "

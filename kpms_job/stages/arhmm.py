@@ -20,18 +20,18 @@ OUTPUTS = ("{model}_arhmm/checkpoint.h5", "{model}_arhmm/kappa_trace.png")
 
 
 def initial_model(ctx, kappa: float):
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs, project
 
     pd = str(ctx.project_dir)
     coords, confs, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
-    config = A.load_config(pd)
-    data, metadata = A.format_data(coords, confs, config)
-    model = A.init_model(data, A.load_pca(pd), config, ctx.m["model"]["seed"])
-    return A.set_kappa(model, kappa), data, metadata
+    config = project.load_config(pd)
+    data, metadata = project.format_data(coords, confs, config)
+    model = gibbs.init_model(data, project.load_pca(pd), config, ctx.m["model"]["seed"])
+    return gibbs.set_kappa(model, kappa), data, metadata
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs
     from ..manifest import tuning_settings
 
     if tuning_settings(ctx.m) is not None:
@@ -44,7 +44,7 @@ def run(ctx):
     key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"]["seed"], kappa, "arhmm-fixed-2")
     model, data, _ = fit_chain(ctx, ctx.arhmm_name, key, lambda: initial_model(ctx, kappa),
                                iters, ar_only=True, label="AR-HMM")
-    median = A.median_duration_ms(model, data, ctx.fps)
+    median = gibbs.median_duration_ms(model, data, ctx.fps)
     log.info("AR-HMM: kappa %.3g, median syllable duration %.0f ms", kappa, median)
     return {"kappa": kappa, "iterations": iters, "median_duration_ms": median,
             "model_name": ctx.arhmm_name, "outputs": [f"{ctx.arhmm_name}/checkpoint.h5"]}

@@ -1,6 +1,6 @@
 """Syllable figures and grid movies. A figure that cannot be drawn is reported, not fatal.
 
-Grid movies are written in this process, one frame at a time (kpms_adapter.grid_movies):
+Grid movies are written in this process, one frame at a time (kpms.results.grid_movies):
 their memory does not grow with the data. The three figures drawn by keypoint-moseq's own
 functions (syllable_frequencies, duration_distribution, similarity_dendrogram) run in a
 child process started with ``python -m kpms_job.stages.figures`` (spawned, never a fork of
@@ -105,12 +105,13 @@ def _child(project_dir: str, model_name: str, fps: float, npz: str, labels: list
     """In the child: draw ``labels`` with keypoint-moseq, one JSON line each."""
     from pathlib import Path
 
-    from .. import kpms_adapter as A
+    from ..kpms import project
+    from ..kpms import results as R
 
-    results, config = A.load_results(project_dir, model_name), A.load_config(project_dir)
-    draw = {"syllable_frequencies": lambda: A.plot_frequencies(results, project_dir, model_name),
-            "duration_distribution": lambda: A.plot_durations(results, project_dir, model_name, fps),
-            "similarity_dendrogram": lambda: A.plot_dendrogram(arrays.load(Path(npz))[0], results, project_dir,
+    results, config = R.load_results(project_dir, model_name), project.load_config(project_dir)
+    draw = {"syllable_frequencies": lambda: R.plot_frequencies(results, project_dir, model_name),
+            "duration_distribution": lambda: R.plot_durations(results, project_dir, model_name, fps),
+            "similarity_dendrogram": lambda: R.plot_dendrogram(arrays.load(Path(npz))[0], results, project_dir,
                                                                model_name, config)}
     for label in labels:
         try:
@@ -123,7 +124,8 @@ def _child(project_dir: str, model_name: str, fps: float, npz: str, labels: list
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import project
+    from ..kpms import results as R
 
     pd, name, out = str(ctx.project_dir), ctx.model_name, ctx.m["outputs"]
     made, failed = [], {}
@@ -138,9 +140,9 @@ def run(ctx):
         videos = ctx.m["inputs"].get("videos")
         label = "grid_movies (video)" if videos else "grid_movies (keypoints only)"
         try:
-            results = A.load_results(pd, name)
+            results = R.load_results(pd, name)
             coords, _, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
-            n = A.grid_movies(results, pd, name, coords, A.load_config(pd), videos)
+            n = R.grid_movies(results, pd, name, coords, project.load_config(pd), videos)
             made.append(f"{label}: {n} movies")
         except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
             failed[label] = _first_line(exc)

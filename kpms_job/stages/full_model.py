@@ -21,10 +21,10 @@ OUTPUTS = ("{model}/checkpoint.h5", "{model}/kappa_trace.png")
 
 
 def from_arhmm(ctx, kappa: float):
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs
 
-    model, data, metadata, _ = A.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
-    return A.set_kappa(model, kappa), data, metadata
+    model, data, metadata, _ = gibbs.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
+    return gibbs.set_kappa(model, kappa), data, metadata
 
 
 def arhmm_state(ctx) -> str:
@@ -41,7 +41,7 @@ def full_kappa(m) -> float:
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs, project
     from ..manifest import tuning_settings
 
     if tuning_settings(ctx.m) is not None:
@@ -53,8 +53,8 @@ def run(ctx):
     key = fingerprint(arhmm_state(ctx), kappa, "full-fixed-2")
     model, data, _ = fit_chain(ctx, ctx.model_name, key, lambda: from_arhmm(ctx, kappa),
                                iters, ar_only=False, label="full model")
-    median = A.median_duration_ms(model, data, ctx.fps)
+    median = gibbs.median_duration_ms(model, data, ctx.fps)
     log.info("full model: kappa %.3g, median syllable duration %.0f ms", kappa, median)
-    A.update_config(str(ctx.project_dir), kappa=kappa)
+    project.update_config(str(ctx.project_dir), kappa=kappa)
     return {"kappa": kappa, "iterations": iters, "median_duration_ms": median,
             "model_name": ctx.model_name, "outputs": [f"{ctx.model_name}/checkpoint.h5"]}

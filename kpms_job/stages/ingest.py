@@ -28,7 +28,7 @@ OUTPUTS = ("config.yml", ".kpms-job/keypoints.npz")
 
 
 def _load_all(m):
-    from .. import kpms_adapter as A
+    from ..kpms import io
 
     fmt = m["inputs"]["format"]
     coords, confs, origin = {}, {}, {}
@@ -36,7 +36,7 @@ def _load_all(m):
     first_file = None
     for path in inputs.expand(m):
         try:
-            c, f, bps = A.load_file(path, fmt, m["inputs"]["exclude_individuals"])
+            c, f, bps = io.load_file(path, fmt, m["inputs"]["exclude_individuals"])
         except InputDataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any loader failure is a data problem here
@@ -69,24 +69,24 @@ def _load_all(m):
 
 
 def _resolve_fps(m, names, origin):
-    from .. import kpms_adapter as A
+    from ..kpms import io
 
     if m["fps"] != "auto":
         return float(m["fps"]), "manifest"
     found = {}
     if m["inputs"].get("videos"):
         try:
-            videos = A.find_videos(m["inputs"]["videos"], names)
+            videos = io.find_videos(m["inputs"]["videos"], names)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not match videos to recordings: %s", exc)
             videos = {}
         for v in videos.values():
-            fps = A.video_fps(v)
+            fps = io.video_fps(v)
             if fps:
                 found[v] = fps
     if not found and m["inputs"]["format"] == "nwb":
         for path in set(origin.values()):
-            fps = A.nwb_fps(path)
+            fps = io.nwb_fps(path)
             if fps and 1.0 < fps < 2000.0:  # timestamps in frame numbers give 1 fps: not a rate
                 found[path] = fps
     if not found:
@@ -102,7 +102,7 @@ def _resolve_fps(m, names, origin):
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import project
 
     m = ctx.m
     pre = m["preprocessing"]
@@ -157,7 +157,7 @@ def run(ctx):
     fps, fps_source = _resolve_fps(m, kept, origin)
     arrays.save(ctx.work_dir / "keypoints.npz", {n: coords[n] for n in kept},
                 {n: confs[n] for n in kept}, bodyparts)
-    A.setup_project(
+    project.setup_project(
         str(ctx.project_dir), bodyparts=bodyparts, use=use, anterior=anterior, posterior=posterior,
         skeleton=m["bodyparts"]["skeleton"], fps=fps, video_dir=m["inputs"].get("videos"),
         conf_threshold=pre["conf_threshold"], outlier_scale_factor=pre["outlier_scale_factor"],

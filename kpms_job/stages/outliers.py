@@ -13,13 +13,13 @@ OUTPUTS = (".kpms-job/preprocessed.npz", "QA/plots")
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import project
 
     coords, confs, bodyparts = arrays.load(ctx.work_dir / "keypoints.npz")
     before = {n: np.isnan(c).any(-1) for n, c in coords.items()}
     scale = ctx.m["preprocessing"]["outlier_scale_factor"]
-    coords, confs = A.remove_outliers(coords, confs, str(ctx.project_dir), scale, bodyparts)
-    A.update_config(str(ctx.project_dir), outlier_scale_factor=float(scale))  # the factor used, not ingest's
+    coords, confs = project.remove_outliers(coords, confs, str(ctx.project_dir), scale, bodyparts)
+    project.update_config(str(ctx.project_dir), outlier_scale_factor=float(scale))  # the factor used, not ingest's
     arrays.save(ctx.work_dir / "preprocessed.npz", coords, confs, bodyparts)
     # keypoints whose confidence was set to 0 were interpolated: outliers plus missing ones
     interpolated = {n: int((np.asarray(confs[n]) == 0).sum()) for n in coords}

@@ -18,13 +18,13 @@ OUTPUTS = ("pca.p", "pca_scree.pdf")
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import project
 
     pd = str(ctx.project_dir)
     coords, confs, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
-    config = A.load_config(pd)
-    data, _ = A.format_data(coords, confs, config)
-    pca = A.fit_pca(data, config, pd)
+    config = project.load_config(pd)
+    data, _ = project.format_data(coords, confs, config)
+    pca = project.fit_pca(data, config, pd)
     n_max = len(pca.explained_variance_ratio_)
     wanted = ctx.m["pca"]["latent_dim"]
     if wanted is not None:
@@ -34,7 +34,7 @@ def run(ctx):
                         wanted, n_max, latent_dim)
         how = "pca.latent_dim"
     else:
-        latent_dim = A.pca_dims_for(pca, ctx.m["pca"]["variance_explained"])
+        latent_dim = project.pca_dims_for(pca, ctx.m["pca"]["variance_explained"])
         how = f"fewest PCs explaining {ctx.m['pca']['variance_explained']:.0%} of variance"
     if latent_dim < MIN_LATENT_DIM:
         # jax-moseq's AR and Kalman steps need a latent matrix: latent_dim 1 fails inside the
@@ -47,8 +47,8 @@ def run(ctx):
                 f"2 keypoints in 2D only 1 pose dimension is left after alignment")
         log.info("latent_dim %d raised to %d, the least keypoint-moseq can fit", latent_dim, MIN_LATENT_DIM)
         latent_dim = MIN_LATENT_DIM
-    explained = A.pca_variance(pca, latent_dim)
-    A.update_config(pd, latent_dim=int(latent_dim))
-    A.plot_pca(pca, A.load_config(pd), pd)
+    explained = project.pca_variance(pca, latent_dim)
+    project.update_config(pd, latent_dim=int(latent_dim))
+    project.plot_pca(pca, project.load_config(pd), pd)
     log.info("latent_dim %d (%s) explains %.1f%% of pose variance", latent_dim, how, 100 * explained)
     return {"latent_dim": int(latent_dim), "variance_explained": round(explained, 4), "chosen_by": how}

@@ -22,14 +22,14 @@ OUTPUTS = ("{model}/checkpoint.h5",)
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import gibbs, results
 
-    path = A.checkpoint_path(str(ctx.project_dir), ctx.model_name)
-    if A.is_reindexed(str(path)):
+    path = gibbs.checkpoint_path(str(ctx.project_dir), ctx.model_name)
+    if results.is_reindexed(str(path)):
         log.info("checkpoint already reindexed (a previous run stopped right after); keeping it")
     else:
         tmp = path.with_name("checkpoint.reindex.tmp.h5")
         shutil.copyfile(path, tmp)
-        A.reindex_at(str(tmp))
+        results.reindex_at(str(tmp))
         os.replace(tmp, path)
     return {}

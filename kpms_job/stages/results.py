@@ -9,13 +9,13 @@ OUTPUTS = ("{model}/results.h5", "{model}/results")
 
 
 def run(ctx):
-    from .. import kpms_adapter as A
+    from ..kpms import results as R
 
     pd, name = str(ctx.project_dir), ctx.model_name
-    results = A.extract_results(pd, name)
+    results = R.extract_results(pd, name)
     outputs = [f"{name}/results.h5"]
     if ctx.m["outputs"]["csv"]:
-        A.save_csvs(results, pd, name)
+        R.save_csvs(results, pd, name)
         outputs.append(f"{name}/results")
-    stats = A.syllable_stats(results, ctx.fps)
+    stats = R.syllable_stats(results, ctx.fps)
     return {**stats, "recordings": sorted(results), "outputs": outputs}

@@ -1,6 +1,6 @@
 """Grid movies in bounded memory, one syllable at a time. Part of the adapter layer.
 
-This module and :mod:`kpms_job.kpms_adapter` form the adapter layer: the only modules that
+The :mod:`kpms_job.kpms` package is the adapter layer: the only modules that
 call keypoint_moseq. Import it only where JAX may be imported (keypoint_moseq imports JAX).
 
 keypoint-moseq's ``generate_grid_movies`` renders every tile of a syllable's movie as a stack
@@ -43,7 +43,7 @@ import numpy as np
 from keypoint_moseq import util as kutil
 from keypoint_moseq import viz as kviz
 
-from . import watchdog
+from .. import watchdog
 
 log = logging.getLogger("kpms_job")
 
