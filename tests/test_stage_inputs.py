@@ -18,7 +18,8 @@ import pytest
 import yaml
 from conftest import record_all
 
-from kpms_job import manifest, pipeline, tuning_stage
+from kpms_job import manifest, pipeline
+from kpms_job.fitting import tuned
 from kpms_job.stages import arhmm, full_model
 from kpms_job.state import JobState
 
@@ -212,16 +213,16 @@ def chain_keys(m: dict, monkeypatch) -> dict:
     state = JobState(m["project_dir"])
     ctx = pipeline.Context(m, state)
     ctx.fingerprints = {d.stage.name: d.fingerprint for d in pipeline.decide(m, state, files={"rec1.csv": ["x"]})}
-    tuned = manifest.tuning_settings(m) is not None
+    is_tuned = manifest.tuning_settings(m) is not None
     for chain, module in (("arhmm", arhmm), ("full", full_model)):
-        monkeypatch.setattr(tuning_stage if tuned else module, "fit_chain", stop_at_fit(chain))
+        monkeypatch.setattr(tuned if is_tuned else module, "fit_chain", stop_at_fit(chain))
         with pytest.raises(_AtTheFit):
             module.run(ctx)
         if chain == "arhmm":
             iters = m["fitting"]["arhmm_iters"]
             state.record_stage("arhmm", ctx.fingerprints["arhmm"], 0.1, {
                 "kappa": float(int(keys["arhmm"][:6], 16)), "median_duration_ms": 250.0,
-                "iterations": iters * 2 + int(keys["arhmm"][6], 16) if tuned else iters})
+                "iterations": iters * 2 + int(keys["arhmm"][6], 16) if is_tuned else iters})
     return keys
 
 

@@ -333,7 +333,7 @@ def test_a_fit_stops_before_the_snapshot_of_the_iteration_in_which_the_lock_was_
     import kpms_job
     from kpms_job import manifest, pipeline
     from kpms_job.errors import LockLost
-    from kpms_job.stages import fitting
+    from kpms_job.fitting import chain as fitting
 
     snapshots = []
     lock = ProjectLock(job.parent / "project")

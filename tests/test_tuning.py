@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from kpms_job.tuning import KappaTuner, TunerConfig
+from kpms_job.fitting.tuner import KappaTuner, TunerConfig
 
 FPS = 30.0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from ..fitting.chain import fit_chain
 from ..state import fingerprint
 from . import arrays
-from .fitting import fit_chain
 
 log = logging.getLogger("kpms_job")
 
@@ -35,9 +35,9 @@ def run(ctx):
     from ..manifest import tuning_settings
 
     if tuning_settings(ctx.m) is not None:
-        from .. import tuning_stage
+        from ..fitting import tuned
 
-        return tuning_stage.run_arhmm(ctx)
+        return tuned.run_arhmm(ctx, initial_model)
     kappa = float(ctx.m["model"]["kappa"])
     iters = ctx.m["fitting"]["arhmm_iters"]
     # not the iterations: more of them continue the chain, fewer start it again (fit_chain)

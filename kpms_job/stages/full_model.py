@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from ..fitting.chain import fit_chain
 from ..state import fingerprint
-from .fitting import fit_chain
 
 log = logging.getLogger("kpms_job")
 
@@ -45,9 +45,9 @@ def run(ctx):
     from ..manifest import tuning_settings
 
     if tuning_settings(ctx.m) is not None:
-        from .. import tuning_stage
+        from ..fitting import tuned
 
-        return tuning_stage.run_full(ctx)
+        return tuned.run_full(ctx, from_arhmm, arhmm_state(ctx))
     kappa = full_kappa(ctx.m)
     iters = ctx.m["fitting"]["full_iters"]
     key = fingerprint(arhmm_state(ctx), kappa, "full-fixed-2")

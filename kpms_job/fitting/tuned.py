@@ -1,6 +1,6 @@
-"""Kappa tuning wired into the AR-HMM and full-model fits (the search is in tuning.py).
+"""Kappa tuning wired into the AR-HMM and full-model fits (the search is in :mod:`.tuner`).
 
-Each phase is one resumable chain (stages/fitting.py). The per-iteration median
+Each phase is one resumable chain (:mod:`.chain`). The per-iteration median
 durations are saved in the job state as the chain runs; on resume the tuner is
 rebuilt by replaying them up to the snapshot the chain resumes from.
 """
@@ -11,12 +11,10 @@ import dataclasses
 import logging
 import math
 
-from .manifest import tuning_settings
-from .stages.arhmm import initial_model
-from .stages.fitting import fit_chain
-from .stages.full_model import arhmm_state, from_arhmm
-from .state import fingerprint
-from .tuning import KappaTuner, TunerConfig
+from ..manifest import tuning_settings
+from ..state import fingerprint
+from .chain import fit_chain
+from .tuner import KappaTuner, TunerConfig
 
 log = logging.getLogger("kpms_job")
 
@@ -35,7 +33,7 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
                  measure_start: bool = False):
     """One tuned chain. ``measure_start``: measure the initial model's median and give it to
     the tuner as ``start_ms`` (saved with the medians, so a resumed chain replays the same)."""
-    from .kpms import gibbs as A
+    from ..kpms import gibbs as A
 
     saved = ctx.state.get("tuning", {}).get(name, {})
     mine = saved.get("key") == key
@@ -123,7 +121,8 @@ def plot_trace(report: dict, cfg: TunerConfig, base, label: str) -> None:
     plt.close(fig)
 
 
-def run_arhmm(ctx):
+def run_arhmm(ctx, initial_model):
+    """The tuned AR-HMM; ``initial_model(ctx, kappa)`` builds its first (model, data, metadata)."""
     ts = tuning_settings(ctx.m)
     iters = ctx.m["fitting"]["arhmm_iters"]
     # the full model keeps the syllables it starts from and shortens them only slowly (measured:
@@ -142,8 +141,10 @@ def run_arhmm(ctx):
             "outputs": [f"{ctx.arhmm_name}/checkpoint.h5", f"{ctx.arhmm_name}/kappa_trace.png"]}
 
 
-def run_full(ctx):
-    from .kpms import project as A
+def run_full(ctx, from_arhmm, arhmm_key: str):
+    """The tuned full model; ``from_arhmm(ctx, kappa)`` builds its first (model, data, metadata)
+    from the AR-HMM's last state, and ``arhmm_key`` names that state (the full chain's key)."""
+    from ..kpms import project as A
 
     ts = tuning_settings(ctx.m)
     iters = ctx.m["fitting"]["full_iters"]
@@ -157,7 +158,7 @@ def run_full(ctx):
     cfg = dataclasses.replace(_config(ctx, start, iters, ts["full_budget"],
                                       start_ms=arhmm.get("median_duration_ms")), restart_probes=True,
                               drift_horizon=int(ts["stability_iters"]))
-    key = fingerprint(arhmm_state(ctx), {k: ts[k] for k in ("check_every", "fixed_fraction", "full_budget",
+    key = fingerprint(arhmm_key, {k: ts[k] for k in ("check_every", "fixed_fraction", "full_budget",
                                                                "stability_iters")},
                       ctx.m["targets"]["median_duration_ms"], iters, start, cfg.start_ms, "full-tuned-5")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
