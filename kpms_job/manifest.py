@@ -3,54 +3,22 @@
 Every problem is collected before anything is reported, so a user fixes a manifest
 in one round: each message names the field path, what was expected, what was found
 and how to fix it. Unknown keys get a "did you mean".
+
+Reading the file is in ``manifest_file`` (``read_manifest_file`` is importable from
+here too), wording jsonschema's errors in ``manifest_messages``; this module holds the
+schema, the checks it cannot express, defaults, paths and ``load``.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
-import re
 from pathlib import Path
 
-import yaml
-
 from .errors import ManifestError
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that reads 1e6 as a number and refuses duplicate keys.
-
-    YAML 1.1 reads 1e6 and 1.0e4 as strings; users mean numbers. A key given twice
-    would silently replace the first value; users mean one of them, so it is an error.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:  # unhashable: the base class reports it
-                    continue
-                if first is not None:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"key '{key}' appears twice (also on line {first}); keep one of them",
-                        key_node.start_mark)
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"""),
-    list("-+0123456789."),
-)
+from .manifest_file import read_manifest_file
+from .manifest_messages import _field, _key, _messages
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "manifest.schema.json"
 if not SCHEMA_PATH.exists():  # installed as a package: the schema ships inside it
@@ -59,115 +27,6 @@ if not SCHEMA_PATH.exists():  # installed as a package: the schema ships inside 
 
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
-
-
-def _key(key) -> str:
-    """A key as a message shows it: quoted when empty or not printable (a newline in a key)."""
-    text = str(key)
-    return text if text.isprintable() and text.strip() else json.dumps(text)
-
-
-def _field(path) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else _key(p) for p in path]
-    return ".".join(parts).replace(".[", "[") or "(top level)"
-
-
-def _subschema(schema: dict, path) -> dict:
-    """The schema node that describes ``path`` (best effort, for messages)."""
-    node = schema
-    for part in path:
-        alts = [node] + [a for a in node.get("oneOf", []) if isinstance(a, dict)]
-        if isinstance(part, int) and not isinstance(part, bool):
-            node = next((a["items"] for a in alts if isinstance(a.get("items"), dict)), {})
-        else:
-            node = next((a["properties"][part] for a in alts if part in a.get("properties", {})), {})
-    return node
-
-
-def _expected(schema: dict, path) -> str | None:
-    """What the field at ``path`` expects, in words.
-
-    Its own ``errorMessage``; for a section, the keys it takes; else the nearest
-    enclosing field's ``errorMessage`` (the items of a list share the list's).
-    """
-    node = _subschema(schema, path)
-    if node.get("errorMessage"):
-        return node["errorMessage"]
-    if node.get("type") == "object" and node.get("properties"):
-        return f"a section of settings ({', '.join(node['properties'])})"
-    for n in range(len(path) - 1, 0, -1):
-        text = _subschema(schema, path[:n]).get("errorMessage")
-        if text:
-            return text
-    return _describe(node)
-
-
-def _describe(node: dict) -> str | None:
-    """A schema node's type and bounds in words: "an integer of at least 5"."""
-    kind = node.get("type")
-    if kind == "boolean":
-        return "true or false"
-    if kind not in ("integer", "number"):
-        return None
-    text = "an integer" if kind == "integer" else "a number"
-    bounds = []
-    for key, words in (("minimum", "at least"), ("exclusiveMinimum", "above"),
-                       ("maximum", "at most"), ("exclusiveMaximum", "below")):
-        if key in node:
-            bounds.append(f"{words} {node[key]:g}")
-    return f"{text} {' and '.join(bounds)}" if bounds else text
-
-
-def _show(value) -> str:
-    try:
-        text = json.dumps(value, default=str)
-    except (TypeError, ValueError):  # keys json cannot write, circular values
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _branch_errors(error) -> list | None:
-    """For a oneOf whose value has the shape of one branch (a mapping, a list): that branch's errors.
-
-    ``tuning: {arhm_attempt_iters: 20}`` then reports the misspelt key inside the
-    mapping instead of "expected off, or an object".
-    """
-    if error.validator != "oneOf" or not error.context:
-        return None
-    inst = error.instance
-    kind = "object" if isinstance(inst, dict) else "array" if isinstance(inst, list) else None
-    if kind is None:
-        return None
-    for i, alt in enumerate(error.validator_value):
-        if isinstance(alt, dict) and alt.get("type") == kind:
-            errs = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == i]
-            return errs or None
-    return None
-
-
-def _messages(error, schema) -> list[tuple[tuple, str]]:
-    """(field path, message) for one validation error."""
-    branch = _branch_errors(error)
-    if branch:
-        return [pm for e in branch for pm in _messages(e, schema)]
-    path = list(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = sorted(error.schema.get("properties", {}))
-        out = []
-        for key in sorted((k for k in error.instance if k not in known), key=str):
-            name = str(key)
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(known)}"
-            out.append((tuple(path + [name]), f"{_field(path + [name])}: unknown key '{_key(name)}'; {hint}"))
-        return out
-    if error.validator == "required":
-        found = re.match(r"'(.*)' is a required property", error.message)
-        missing = found.group(1) if found else str(error.validator_value)
-        expected = _expected(schema, path + [missing]) or "a value"
-        field = _field(path + [missing])
-        return [(tuple(path + [missing]), f"{field}: required but missing; expected {expected}")]
-    expected = _expected(schema, path) or error.schema.get("errorMessage") or error.message
-    return [(tuple(path), f"{_field(path)}: expected {expected}, but found {_show(error.instance)}")]
 
 
 class _TooLarge(Exception):
@@ -213,65 +72,6 @@ def _value_problems(data) -> tuple[list[tuple[tuple, str]], bool]:
         out.append(((), "(top level): the manifest has too many values or is nested too deeply "
                         "(YAML aliases can multiply them); write a plain manifest"))
     return out, fatal[0]
-
-
-def _parse_error(path: Path, exc: Exception) -> str:
-    """One line that says where a YAML/JSON file stops parsing and why."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}"
-    if isinstance(exc, RecursionError):
-        return f"{path}: nested too deeply to read; write a plain manifest"
-    if not isinstance(exc, yaml.YAMLError):
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        return f"{path}: not valid {kind}: {exc}"
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    text = f"{path}{where}: not valid YAML: {problem}"
-    context = getattr(exc, "context", None)
-    if context:
-        text += f" ({context})"
-    if "'\\t'" in problem:
-        text += "; YAML indents with spaces, not tabs"
-    return " ".join(text.split())
-
-
-def _json_pairs(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key '{key}' appears twice; keep one of them")
-        out[key] = value
-    return out
-
-
-def read_manifest_file(path: str | Path) -> dict:
-    """Parse a YAML or JSON manifest; problems raise ManifestError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ManifestError(
-            [f"manifest file not found: {path} (check the path; relative paths resolve "
-             f"against the current folder {Path.cwd()})"])
-    if path.is_dir():
-        raise ManifestError([f"{path} is a folder; expected a manifest file (.yml, .yaml or .json)"])
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([f"cannot read {path}: {exc}"]) from exc
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text, object_pairs_hook=_json_pairs)
-        else:
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise ManifestError([_parse_error(path, exc)]) from exc
-    if data is None:
-        raise ManifestError([f"{path} is empty; expected at least an 'inputs' section"])
-    if not isinstance(data, dict):
-        raise ManifestError(
-            [f"(top level): expected a mapping of sections such as 'inputs:', but found {_show(data)}"],
-            str(path))
-    return data
 
 
 def _fill_defaults(schema: dict, data):
