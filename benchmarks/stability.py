@@ -35,6 +35,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# run as a script its own folder leads sys.path: the checkout's kpms_job, not whichever one the
+# environment has installed, is the one being measured
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def median_ms(model, data, fps: float) -> float:
