@@ -404,3 +404,34 @@ def test_drift_judging_still_lands_chains_with_hysteresis(k_ref, slope, up, kapp
     assert t.report(final)["in_window"], t.report(final)["verdict"]
     assert 300 <= later <= 400, f"left the window 100 iterations later: {later:.0f} ms"
     assert last <= 260
+
+
+def test_full_model_whose_ageing_grows_with_kappa_is_steered_by_probes_of_one_age():
+    """Measured on 18 x 2,330 frames: every probe from the AR-HMM's state starts near 300 ms and
+    lengthens as it ages, the more the higher kappa (kappas 1.8e5 to 192 reached 400-467 ms
+    within 35-80 iterations; kappa 1 stayed at 300-333 ms for 100). Young probes all measure
+    alike, so a response curve that mixes ages is the ageing and its steps stay small; probes
+    compared at one age give a flat curve and bold steps down. Before, 2 of 12 seeds stayed."""
+    stays = 0
+    for seed in range(12):
+        rng = random.Random(seed)
+        noise = [rng.gauss(0, 0.02) for _ in range(400)]
+
+        def ms(kappa, age, noise=noise):
+            ageing = 0.04 * max(math.log10(kappa), 0.0) * (1 - math.exp(-age / 80.0))
+            return quantise(10 ** (math.log10(300.0) + ageing + noise[age]))
+
+        t = KappaTuner(make_cfg(kappa0=1.78e5, start_ms=300.0, fixed_iters=50, restart_probes=True,
+                                drift_horizon=100))
+        age, final, it = 0, None, 0
+        for it in range(1, t.cfg.max_iters + 1):
+            age += 1
+            final = ms(t.kappa, age)
+            t.observe(it, final)
+            if t.rollback is not None:
+                age = 0
+            if t.done(it):
+                break
+        assert it <= 260
+        stays += t.in_window(final) and 300 <= ms(t.kappa, age + 100) <= 400
+    assert stays >= 9, stays
