@@ -47,8 +47,9 @@ def test_killed_at_22_points_ends_identical_to_an_uninterrupted_run(tmp_path, re
     resumed_from = []
     for point in KILL_POINTS:
         res = run_job("run", manifest, env={"KPMS_JOB_FAULT": f"kill@{point}"})
-        # a point already passed does not fire; the run then simply finishes
-        assert res.returncode in (-signal.SIGKILL, 0), (point, res.stderr[-3000:])
+        # each point lies after the one before, so each run reaches its point and dies there; a run
+        # that finishes instead means the point was never passed (or was renamed): not a kill tested
+        assert res.returncode == -signal.SIGKILL, (point, res.returncode, res.stderr[-3000:])
         assert "Traceback" not in res.stderr
         resumed_from += re.findall(r"resuming from the snapshot at iteration (\d+)", res.stderr)
     final = run_job("run", manifest)
@@ -146,9 +147,11 @@ def test_bad_input_after_a_finished_run_loses_nothing(tmp_path):
 
 
 def test_five_sigkills_at_random_moments_from_outside(tmp_path_factory):
-    """Five real SIGKILLs from outside at random moments (seeded), a rerun after each: the labels
-    equal an uninterrupted run's, and each rerun resumed within one snapshot interval (5) of the
-    last iteration the killed run had logged."""
+    """Five real SIGKILLs from outside, each at a random moment of a fit (seeded: a random Gibbs
+    iteration of the AR-HMM or the full model, later each time, plus a random fraction of a
+    second), a rerun after each: every kill lands on a running job, each rerun resumes within one
+    snapshot interval (5) of the last iteration the killed run logged, and the labels equal an
+    uninterrupted run's."""
     import random
 
     over = {"fitting": {"arhmm_iters": 20, "full_iters": 30, "save_every": 5}}
@@ -159,30 +162,79 @@ def test_five_sigkills_at_random_moments_from_outside(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kill5")
     manifest = tiny_manifest(tmp, **over)
     rng = random.Random(7)
+    # after the first snapshot (5) of each fit, so that every rerun has a snapshot to resume from
+    moments = [("AR-HMM", n) for n in range(6, 20)] + [("full model", n) for n in range(6, 30)]
+    targets = sorted(rng.sample(range(len(moments)), 5))
     progress = re.compile(r"(AR-HMM|full model): iteration (\d+)/")
     resumed = re.compile(r"(AR-HMM|full model): resuming from the snapshot at iteration (\d+)")
     last_seen: dict = {}
-    kills = 0
     checked = 0
-    while kills < 5:
-        proc = start_job("run", manifest)
-        time.sleep(rng.uniform(4.0, 30.0))
-        finished = proc.poll() is not None
-        if not finished:
-            proc.kill()
-        out = proc.stdout.read()
-        proc.wait()
+
+    def check_resume(out):
+        nonlocal checked
         for label, n in resumed.findall(out):
             if label in last_seen:
                 assert int(n) >= last_seen[label] - 5, (label, n, last_seen)
                 checked += 1
-        last_seen = {}
-        for label, n in progress.findall(out):
-            last_seen[label] = int(n)
-        if finished:
-            break
-        kills += 1
+
+    for target in targets:
+        phase, at = moments[target]
+        proc = start_job("run", manifest)
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            m = progress.search(line)
+            if m and m.group(1) == phase and int(m.group(2)) >= at:
+                break
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert proc.poll() is None, f"the job ended before the kill at {phase} {at}: " + "".join(out)[-3000:]
+        proc.kill()
+        out.append(proc.stdout.read())
+        assert proc.wait() == -signal.SIGKILL
+        text = "".join(out)
+        check_resume(text)
+        last_seen = {label: int(n) for label, n in progress.findall(text)}
     final = run_job("run", manifest)
     assert final.returncode == 0, final.stderr[-3000:]
+    check_resume(final.stderr)
+    assert checked >= 5, checked  # every rerun after a kill resumed from a snapshot
     got = labels(tmp / "project")
+    assert got.keys() == reference.keys()
     assert all(np.array_equal(got[k], reference[k]) for k in reference)
+
+
+# Tuning on, as by default: both fits correct kappa every 3 iterations and snapshot every 4
+TUNED = {"tuning": {"check_every": 3}, "model": {"num_states": 20, "kappa": 1e6, "seed": 0},
+         "fitting": {"arhmm_iters": 12, "full_iters": 12, "save_every": 4}}
+# inside the AR-HMM chain after a kappa check and before the next snapshot, the same in the full
+# model, later in the full model, and after the tuned fit but before its stage is recorded
+TUNED_KILLS = ["iter:kpms_job_arhmm:7", "iter:kpms_job:5", "iter:kpms_job:10", "stage-end:full_model"]
+
+
+def _tuning(project):
+    s = json.loads((project / "summary.json").read_text())
+    return {key: (s[key]["final_kappa"], s[key]["verdict"], s[key]["iterations"]) for key in ("arhmm_tuning", "tuning")}
+
+
+def test_a_tuned_run_killed_inside_both_tuned_fits_ends_identical_to_an_uninterrupted_one(tmp_path_factory):
+    ref_dir = tmp_path_factory.mktemp("tuned_ref")
+    ref = run_job("run", tiny_manifest(ref_dir, **TUNED))
+    assert ref.returncode in (0, 5), ref.stderr[-3000:]  # 5: the window not reached; still a tuned chain
+    tmp = tmp_path_factory.mktemp("tuned_kill")
+    manifest = tiny_manifest(tmp, **TUNED)
+    resumed = []
+    for point in TUNED_KILLS:
+        res = run_job("run", manifest, env={"KPMS_JOB_FAULT": f"kill@{point}"})
+        assert res.returncode == -signal.SIGKILL, (point, res.returncode, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr
+        resumed += re.findall(r"(AR-HMM|full model): resuming from the snapshot at iteration (\d+)", res.stderr)
+    final = run_job("run", manifest)
+    assert final.returncode == ref.returncode, final.stderr[-3000:]
+    resumed += re.findall(r"(AR-HMM|full model): resuming from the snapshot at iteration (\d+)", final.stderr)
+    # both tuned chains went on from a snapshot, not from iteration 0
+    assert {label for label, _ in resumed} == {"AR-HMM", "full model"}, resumed
+    assert _tuning(tmp / "project") == _tuning(ref_dir / "project")
+    got, want = labels(tmp / "project"), labels(ref_dir / "project")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
