@@ -435,3 +435,22 @@ def test_full_model_whose_ageing_grows_with_kappa_is_steered_by_probes_of_one_ag
         assert it <= 260
         stays += t.in_window(final) and 300 <= ms(t.kappa, age + 100) <= 400
     assert stays >= 9, stays
+
+
+def test_a_chain_that_ends_outside_delivers_the_state_measured_nearest_the_window():
+    """Measured on a 648 fps recording: the AR-HMM stayed near 120 ms from kappa 1e12 to 1e17,
+    above that every syllable merged into one (8,253 ms, the whole recording), and the budget ran
+    out in a merged state. The state to hand on is the fitted one nearest the window (a ~120 ms
+    base, with its snapshot), not the merged one, whatever kappa the search stopped at."""
+    def f(kappa, it, rng):
+        return quantise(8253.0 if kappa > 1e17 else 120.0 * math.exp(rng.gauss(0, 0.02)))
+
+    t = KappaTuner(make_cfg(kappa0=1e6, iters=50, budget=4.0, fixed_iters=13, aim=0.25))
+    final, last = drive(t, f)
+    assert last <= 200 and not t.in_window(final)
+    it, kappa = t.delivery(8253.0)
+    assert kappa <= 1e17 and it in {b[0] for b in t.bases} and it > 0
+    rep = t.report(120.0, (it, kappa))
+    assert rep["final_kappa"] == kappa and rep["delivered_iteration"] == it
+    assert "delivers the state of iteration" in rep["verdict"] and "NOT in window" in rep["verdict"]
+    assert t.delivery(350.0) is None  # a final state in the window is the one delivered

@@ -86,7 +86,11 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
                                save_now=lambda it: holder["t"].base_iter == it)
     t = holder["t"]
     final = A.median_duration_ms(model, data, ctx.fps)
-    report = t.report(final)
+    delivered = t.delivery(final)
+    if delivered is not None:
+        model = A.load_snapshot(str(ctx.project_dir), name, delivered[0])
+        final = A.median_duration_ms(model, data, ctx.fps)
+    report = t.report(final, delivered)
     (log.info if report["in_window"] else log.warning)("%s tuning: %s", label, report["verdict"])
     plot_trace(report, cfg, ctx.project_dir / name / "kappa_trace", label)
     return model, report
@@ -136,6 +140,7 @@ def run_arhmm(ctx, initial_model):
     model, report = _tuned_chain(ctx, ctx.arhmm_name, "AR-HMM", key, cfg,
                                  lambda: initial_model(ctx, cfg.kappa0), ar_only=True, measure_start=True)
     return {"kappa": report["final_kappa"], "iterations": report["iterations"],
+            "delivered_iteration": report["delivered_iteration"],
             "median_duration_ms": report["final_median_ms"], "tuning": report,
             "model_name": ctx.arhmm_name,
             "outputs": [f"{ctx.arhmm_name}/checkpoint.h5", f"{ctx.arhmm_name}/kappa_trace.png"]}

@@ -95,7 +95,7 @@ class KappaTuner:
         self.kappa = float(self.cfg.kappa0)
         start = self.cfg.start_ms
         if start is not None and math.isfinite(start) and 0 < start <= self.cfg.hi_ms:
-            self.bases.append((0, math.log10(self.kappa)))  # probes at other kappas restart from here
+            self.bases.append((0, math.log10(self.kappa), start))  # probes at other kappas restart from here
 
     @property
     def base_iter(self) -> int | None:
@@ -284,7 +284,7 @@ class KappaTuner:
             if self.low_k is None or lk >= self.low_k:
                 self.low_k, self.low_at = lk, iteration
             if not self.cfg.restart_probes:
-                self.bases.append((iteration, lk))  # progress kept: the chain goes on from here
+                self.bases.append((iteration, lk, measured))  # progress kept: the chain goes on from here
         else:
             if self.high_k is None or lk <= self.high_k:
                 self.high_k, self.high_at = lk, iteration
@@ -364,7 +364,32 @@ class KappaTuner:
             t.observe(int(it), med)
         return t
 
-    def report(self, final_ms: float | None) -> dict:
+    def delivery(self, final_ms: float | None) -> tuple[int, float] | None:
+        """(iteration, kappa) of the state to deliver instead of the final one, or None.
+
+        A chain that ends outside the window delivers the fitted state measured nearest to it:
+        the final state, or a base (a state measured short of the aim, with its snapshot) when
+        that was nearer. Seen on real data (648 fps): the AR-HMM stayed near 120 ms from kappa
+        1e12 to 1e17, then every syllable merged into one (8,253 ms, the whole recording) and
+        the budget ran out there; the full model started from that state stayed merged.
+        """
+        if self.in_window(final_ms):
+            return None
+        lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
+
+        def off(ms):
+            return max(lo - math.log10(ms), math.log10(ms) - hi, 0.0) if ms and ms > 0 else math.inf
+
+        fitted = [b for b in self.bases if b[0] > 0]  # the start is no fit of this chain
+        if not fitted:
+            return None
+        it, lk, ms = min(fitted, key=lambda b: off(b[2]))
+        if final_ms is not None and math.isfinite(final_ms) and off(final_ms) <= off(ms):
+            return None
+        return it, 10 ** lk
+
+    def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None) -> dict:
+        """The verdict; ``delivered``: (iteration, kappa) of the state delivered instead of the last."""
         inside = self.in_window(final_ms)
         fixed_from = self.changed_at
         last = self.medians[-1][0] if self.medians else self.end_iteration()
@@ -378,6 +403,12 @@ class KappaTuner:
             verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: final median "
                        f"{'NaN' if final_ms is None else f'{final_ms:.0f}'} ms at kappa {self.kappa:.3g}; "
                        f"{why}; closest measured: {closest}")
-        return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": self.kappa,
+        kappa = self.kappa
+        if delivered is not None:
+            kappa = delivered[1]
+            verdict += (f"; delivers the state of iteration {delivered[0]} ({final_ms:.0f} ms at kappa "
+                        f"{kappa:.3g}), the nearest to the window, instead of the last")
+        return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
-                "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up}
+                "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up,
+                "delivered_iteration": delivered[0] if delivered else None}

@@ -23,7 +23,12 @@ OUTPUTS = ("{model}/checkpoint.h5", "{model}/kappa_trace.png")
 def from_arhmm(ctx, kappa: float):
     from ..kpms import gibbs
 
-    model, data, metadata, _ = gibbs.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
+    delivered = ctx.info("arhmm").get("delivered_iteration")  # a tuned AR-HMM that missed its window
+    if delivered is not None:
+        _, data, metadata, _ = gibbs.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
+        model = gibbs.load_snapshot(str(ctx.project_dir), ctx.arhmm_name, delivered)
+    else:
+        model, data, metadata, _ = gibbs.load_latest_snapshot(str(ctx.project_dir), ctx.arhmm_name)
     return gibbs.set_kappa(model, kappa), data, metadata
 
 
@@ -32,7 +37,8 @@ def arhmm_state(ctx) -> str:
     iterations it ran. Its stage fingerprint would do too, but would also restart this chain for
     what leaves that state alone (fitting.save_every, the model name)."""
     chain = ctx.state.get("fits", {}).get(ctx.arhmm_name) or ctx.fingerprints["arhmm"]
-    return fingerprint(chain, ctx.info("arhmm").get("iterations"))
+    info = ctx.info("arhmm")
+    return fingerprint(chain, info.get("iterations"), info.get("delivered_iteration"))
 
 
 def full_kappa(m) -> float:
