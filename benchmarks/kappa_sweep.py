@@ -124,7 +124,7 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
     log_file = out / "logs" / f"log10k={x:+.4f}.log"
     summary = project / "summary.json"
     before = summary.stat().st_mtime if summary.exists() else None
-    print(f"== kappa 1e{x:.4g} (full model {kappa / FULL_RATIO:.3g}) ...", flush=True)
+    print(f"== kappa 1e{x:g} (full model {kappa / FULL_RATIO:.3g}) ...", flush=True)
     t0 = time.monotonic()
     with open(log_file, "w") as fh:
         proc = subprocess.run([sys.executable, "-m", "kpms_job", "run", str(mf)], cwd=ROOT,
@@ -202,19 +202,24 @@ def brackets(rows: list[dict], lo: float, hi: float) -> list[tuple[dict, dict]]:
 
 def verdict(rows: list[dict], lo: float, hi: float) -> tuple[str, dict]:
     ok = sorted((r for r in rows if r.get("in_window")), key=lambda r: r["log10_kappa"])
+    parts, info = [], []
+    for a, b in brackets(rows, lo, hi):
+        res = b["log10_kappa"] - a["log10_kappa"]
+        parts.append(f"it jumps from {_ms(a['full_ms'])} ms at kappa {a['kappa']:.4g} to "
+                     f"{_ms(b['full_ms'])} ms at kappa {b['kappa']:.4g} ({res:.4g} decades apart)")
+        info.append({"from_kappa": a["kappa"], "from_ms": a["full_ms"], "to_kappa": b["kappa"],
+                     "to_ms": b["full_ms"], "resolution_decades": res})
     if ok:
-        ks = ", ".join(f"{r['kappa']:.3g} ({_ms(r['full_ms'])} ms)" for r in ok)
-        return (f"in the window [{lo:g}, {hi:g}] ms (full model, final snapshot) at kappa {ks}",
-                {"reached": True, "kappas": [r["kappa"] for r in ok]})
-    crossings = brackets(rows, lo, hi)
-    if crossings:
-        parts, info = [], []
-        for a, b in crossings:
-            res = b["log10_kappa"] - a["log10_kappa"]
-            parts.append(f"it jumps from {_ms(a['full_ms'])} ms at kappa {a['kappa']:.4g} to "
-                         f"{_ms(b['full_ms'])} ms at kappa {b['kappa']:.4g} ({res:.4g} decades apart)")
-            info.append({"from_kappa": a["kappa"], "from_ms": a["full_ms"], "to_kappa": b["kappa"],
-                         "to_ms": b["full_ms"], "resolution_decades": res})
+        def trail(r):
+            f = r["full_snapshots_ms"]
+            return "/".join(_ms(f[k]) for k in sorted(f, key=int) if int(k) > 0)
+
+        ks = ", ".join(f"{r['kappa']:.4g} ({_ms(r['full_ms'])} ms; snapshots {trail(r)})" for r in ok)
+        text = f"in the window [{lo:g}, {hi:g}] ms (full model, final snapshot) at kappa {ks}"
+        if parts:
+            text += "; elsewhere the median crosses the window without landing in it: " + "; ".join(parts)
+        return text, {"reached": True, "kappas": [r["kappa"] for r in ok], "crossings": info}
+    if info:
         res = min(c["resolution_decades"] for c in info)
         return (f"no kappa in the grid (resolution {res:.4g} decades near the crossing) puts the full "
                 f"model's median in [{lo:g}, {hi:g}] ms: " + "; ".join(parts),
@@ -247,7 +252,7 @@ def table(rows: list[dict], args, fps: float) -> str:
     for r in sorted(rows, key=lambda r: r["log10_kappa"]):
         f = r.get("full_snapshots_ms", {})
         ran = [k for k, v in r.get("stages", {}).items() if v == "ran"]
-        out.append(f"| {r['log10_kappa']:.4g} | {r['kappa']:.3g} | {r['full_kappa']:.3g} | {_ms(r.get('arhmm_ms'))} | "
+        out.append(f"| {r['log10_kappa']:g} | {r['kappa']:.3g} | {r['full_kappa']:.3g} | {_ms(r.get('arhmm_ms'))} | "
                    + " | ".join(_ms(f.get(str(i))) for i in iters)
                    + f" | {'YES' if r.get('in_window') else 'no'} | {r['exit']} | {', '.join(ran) or '-'} "
                    f"| {r['wall_s']:.0f} |")
