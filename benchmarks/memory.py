@@ -84,8 +84,8 @@ def child(args) -> int:
     """Load, tile, PCA, init, and ``--iters`` full-model iterations; print the figures as JSON."""
     import numpy as np
 
-    from kpms_job import memory
     from kpms_job.kpms import gibbs, io, patches, project
+    from kpms_job.resources import model as memory
 
     fmt, files, anterior, posterior, _ = RECORDINGS[args.recording]
     sources = []

@@ -68,8 +68,8 @@ def check(project_dir, model_name: str, fps: float, lo: float, hi: float, iters:
         before = median_ms(model, data, fps)
         import jax
 
-        from kpms_job import memory
         from kpms_job.kpms import gibbs
+        from kpms_job.resources import model as memory
 
         scan = memory.kalman_scan_allowed(jax.default_backend())
         model, _, _ = gibbs.run_gibbs(model, data, metadata, str(scratch), model_name, start_iter=int(start),
