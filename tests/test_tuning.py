@@ -454,3 +454,29 @@ def test_a_chain_that_ends_outside_delivers_the_state_measured_nearest_the_windo
     assert rep["final_kappa"] == kappa and rep["delivered_iteration"] == it
     assert "delivers the state of iteration" in rep["verdict"] and "NOT in window" in rep["verdict"]
     assert t.delivery(350.0) is None  # a final state in the window is the one delivered
+
+
+def test_a_cliff_in_the_response_is_bisected_not_jumped_across():
+    """Real open-field full model: probes from the AR-HMM's state measured 275-302 ms below kappa
+    1.2e8 and 533-629 ms above, with the window only in a narrow band between. Probes from one
+    start at one age do not drift apart, so the bracket they set must stand: forgetting it after
+    40 iterations sent kappa three decades down and back (ending at 7e5 or 2e9 on 3 of 12 seeds)."""
+    for seed in range(12):
+        rng = random.Random(seed)
+        noise = [rng.gauss(0, 0.03) for _ in range(400)]
+
+        def ms(kappa, age, noise=noise):
+            base = 290.0 if kappa < 1.1e8 else (330.0 if kappa < 1.3e8 else 610.0)
+            return quantise(base * 10 ** noise[age])
+
+        t = KappaTuner(make_cfg(kappa0=7.63e8, start_ms=300.0, fixed_iters=50, restart_probes=True,
+                                drift_horizon=100))
+        age = 0
+        for it in range(1, t.cfg.max_iters + 1):
+            age += 1
+            t.observe(it, ms(t.kappa, age))
+            if t.rollback is not None:
+                age = 0
+            if t.done(it):
+                break
+        assert 1e8 <= t.kappa <= 1.5e8, (seed, t.kappa, [c.as_dict() for c in t.checks])

@@ -83,6 +83,8 @@ class KappaTuner:
     high_k: float | None = field(default=None, init=False)  # lowest log10 kappa known too long
     low_at: int = field(default=0, init=False)  # the iterations they were measured at
     high_at: int = field(default=0, init=False)
+    low_lasts: bool = field(default=False, init=False)  # measured by a probe at the probes' one age
+    high_lasts: bool = field(default=False, init=False)
     rollback: int | None = field(default=None, init=False)  # set when the last observe asks for one
     # the chain has run at the current kappa only since a clean start (the start, or a rollback to
     # a base), so its measurement is this kappa's own response, not the memory of another kappa
@@ -276,18 +278,30 @@ class KappaTuner:
         # a chain drifts: what a kappa did bracket_memory iterations ago no longer bounds the search
         # (real data: a probe measured 384 ms at kappa 7.8e5; 35 iterations later the chain sat at
         # 245-271 ms at 2.5e5..6.7e5 and bisection toward that stale side used up the budget)
-        if self.low_k is not None and iteration - self.low_at > self.cfg.bracket_memory:
+        # Probes that all restart from one start (restart_probes), measured at one age, do not
+        # drift apart: a side they set stands (real open-field data, where the response is a cliff,
+        # 275-302 ms below kappa 1.2e8 and 533-629 ms above: forgetting it sent kappa across three
+        # decades and back)
+        if (self.low_k is not None and not self.low_lasts
+                and iteration - self.low_at > self.cfg.bracket_memory):
             self.low_k = None
-        if self.high_k is not None and iteration - self.high_at > self.cfg.bracket_memory:
+        if (self.high_k is not None and not self.high_lasts
+                and iteration - self.high_at > self.cfg.bracket_memory):
             self.high_k = None
+        lasts = self.cfg.restart_probes and self.clean and since == self.cfg.settle + self.cfg.check_every
+        if drift:  # young probes measured short (or long) say nothing about where this one heads
+            if too_short:
+                self.high_k = None
+            else:
+                self.low_k = None
         if too_short:
             if self.low_k is None or lk >= self.low_k:
-                self.low_k, self.low_at = lk, iteration
+                self.low_k, self.low_at, self.low_lasts = lk, iteration, lasts
             if not self.cfg.restart_probes:
                 self.bases.append((iteration, lk, measured))  # progress kept: the chain goes on from here
         else:
             if self.high_k is None or lk <= self.high_k:
-                self.high_k, self.high_at = lk, iteration
+                self.high_k, self.high_at, self.high_lasts = lk, iteration, lasts
             if self.clean and len(self.bases) > 1 and lk <= self.bases[-1][1] + 1e-9:
                 # a probe from this base at a kappa no higher than the base's own came back too long:
                 # the base was already lengthening (measured short on average, long at its end)
