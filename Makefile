@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup test test-all lint demo clean image sif container-test cluster-test lock
+.PHONY: help setup test test-fast test-all lint demo clean image sif container-test cluster-test lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -21,6 +21,10 @@ $(VENV)/.installed: requirements.lock requirements-tools.lock pyproject.toml
 test: setup  ## the import contracts (lint-imports), then the whole test suite (what CI runs)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
+
+test-fast: setup  ## the import contracts and the quick tests (unit and adapter, no pipeline runs): about a minute
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -m "not slow" tests/unit tests/kpms
 
 lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and hadolint on the Dockerfile
 	$(BIN)/ruff check .
@@ -63,11 +67,11 @@ else
 endif
 
 container-test: setup  ## build the Dockerfile (CPU JAX, local bookworm base) with buildah and run the example in it
-	$(BIN)/pytest -m container -v -rs tests/test_container.py
+	$(BIN)/pytest -m container -v -rs tests/container/test_container.py
 
 cluster-test: setup  ## start a single-node Slurm (root) and run the sbatch script on it, preempted and requeued
 	deploy/slurm/ci-cluster.sh
-	$(BIN)/pytest -m cluster -v -rs tests/test_slurm.py
+	$(BIN)/pytest -m cluster -v -rs tests/cluster/test_slurm.py
 
 lock: setup  ## re-resolve requirements.lock, requirements-cuda.lock, requirements-tools.lock (Python 3.11)
 	$(BIN)/python deploy/make-locks.py

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# System packages for the container and cluster tests (tests/test_container.py,
-# tests/test_slurm.py). Idempotent; runs non-interactively as root (CI calls it from
+# System packages for the container and cluster tests (tests/container/test_container.py,
+# tests/cluster/test_slurm.py). Idempotent; runs non-interactively as root (CI calls it from
 # .ci/run before the tests). Installs:
 #   buildah + debootstrap  build the real Dockerfile on a local Debian bookworm base
 #                          (no Docker engine and no container registry here)
 #   slurmctld/slurmd/munge a single-node Slurm cluster (deploy/slurm/ci-cluster.sh configures
-#                          and starts it; tests/test_slurm.py runs that script in CI)
+#                          and starts it; tests/cluster/test_slurm.py runs that script in CI)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 

@@ -108,7 +108,7 @@ def main() -> int:
     tools = resolve(["-c", constraints, *TOOLS])
     outputs[ROOT / "requirements-tools.lock"] = render(
         "# Container and deploy tooling on top of requirements.lock: hadolint and import-linter (make lint)\n"
-        "# and kubernetes-validate (tests/test_deploy.py). make setup installs it. Regenerate: make lock\n",
+        "# and kubernetes-validate (tests/container/test_deploy.py). make setup installs it. Regenerate: make lock\n",
         tools, known)
     Path(constraints).unlink()
     def pins_of(text: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from kpms_job.resources import ladder, machine, model, planner
 from kpms_job.resources.model import GiB, Setting, Shape
 from kpms_job.state import JobState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- shapes and the ladder

@@ -35,7 +35,7 @@ import yaml
 
 pytestmark = pytest.mark.container
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE = "localhost/kpms-base:bookworm"
 IMAGE = "localhost/kpms-job:cpu-test"
 UID = 54321  # not in the image's /etc/passwd: an arbitrary UID, as OpenShift or `docker run --user` give

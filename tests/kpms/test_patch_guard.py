@@ -15,7 +15,7 @@ import pytest
 from kpms_job.resources import ladder, model
 from kpms_job.resources.model import Setting, Shape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_step_without_its_patch_is_planned_unbatched():

@@ -178,7 +178,7 @@ def test_read_only_output_dir_gives_exit_73_and_leaves_state_as_it_was(tmp_path,
 
 def test_nothing_computed_is_lost_when_a_bad_file_appears(tmp_path, capsys):
     """A finished project plus a broken new file: exit 3, the old state and results stay."""
-    src = Path(__file__).parent / "data"
+    src = Path(__file__).resolve().parents[1] / "data"
     if not src.exists():
         pytest.skip("no tests/data")
     m = manifest_for(tmp_path, [EXAMPLE_CSV])

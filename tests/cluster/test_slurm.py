@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "slurm" / "kpms-job.sbatch"
 CLUSTER_SCRIPT = ROOT / "deploy" / "slurm" / "ci-cluster.sh"
 CLUSTER_NAME = "kpmsci"  # what ci-cluster.sh configures: the test never submits to another cluster

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where figures_probe.py lives
 PROBE = HERE / "figures_probe.py"
 SCALE = 0.25  # keypoints x 0.25: tiles of 96 px, so that the old writer's check stays under 2.5 GiB
 

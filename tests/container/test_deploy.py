@@ -22,7 +22,7 @@ import yaml
 
 from kpms_job import errors
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JOB_YAML = ROOT / "deploy" / "kubernetes" / "job.yaml"
 KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate 1.37 bundles
 
