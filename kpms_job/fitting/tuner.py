@@ -63,10 +63,11 @@ import math
 from dataclasses import dataclass, field
 
 from .tuner_config import Check, TunerConfig, _ls_slope  # TunerConfig is imported from here too
+from .tuner_verdict import Verdict
 
 
 @dataclass
-class KappaTuner:
+class KappaTuner(Verdict):
     cfg: TunerConfig
     kappa: float = field(init=False)
     changed_at: int = field(default=0, init=False)
@@ -359,15 +360,6 @@ class KappaTuner:
         self.clean = self.rollback is not None
         return self.kappa
 
-    def best(self) -> dict | None:
-        """The check whose duration was closest to the window's centre (log scale)."""
-        ok = [c for c in self.checks if c.median_ms is not None]
-        if not ok:
-            return None
-        c = min(ok, key=lambda c: abs(math.log10(c.median_ms) - self.center))
-        return c.as_dict()
-
-    # ------------------------------------------------------------------ persistence
     @classmethod
     def replay(cls, cfg: TunerConfig, medians: list, upto: int) -> KappaTuner:
         """Rebuild the tuner from saved observations up to iteration ``upto``."""
@@ -377,52 +369,3 @@ class KappaTuner:
                 break
             t.observe(int(it), med)
         return t
-
-    def delivery(self, final_ms: float | None) -> tuple[int, float] | None:
-        """(iteration, kappa) of the state to deliver instead of the final one, or None.
-
-        A chain that ends outside the window delivers the fitted state measured nearest to it:
-        the final state, or a base (a state measured short of the aim, with its snapshot) when
-        that was nearer. Seen on real data (648 fps): the AR-HMM stayed near 120 ms from kappa
-        1e12 to 1e17, then every syllable merged into one (8,253 ms, the whole recording) and
-        the budget ran out there; the full model started from that state stayed merged.
-        """
-        if self.in_window(final_ms):
-            return None
-        lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
-
-        def off(ms):
-            return max(lo - math.log10(ms), math.log10(ms) - hi, 0.0) if ms and ms > 0 else math.inf
-
-        fitted = [b for b in self.bases if b[0] > 0]  # the start is no fit of this chain
-        if not fitted:
-            return None
-        it, lk, ms = min(fitted, key=lambda b: off(b[2]))
-        if final_ms is not None and math.isfinite(final_ms) and off(final_ms) <= off(ms):
-            return None
-        return it, 10 ** lk
-
-    def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None) -> dict:
-        """The verdict; ``delivered``: (iteration, kappa) of the state delivered instead of the last."""
-        inside = self.in_window(final_ms)
-        fixed_from = self.changed_at
-        last = self.medians[-1][0] if self.medians else self.end_iteration()
-        if inside:
-            verdict = (f"in window: final median {final_ms:.0f} ms at kappa {self.kappa:.3g}; "
-                       f"the last {last - fixed_from} iterations ran at that fixed kappa")
-        else:
-            best = self.best()
-            closest = f"{best['median_ms']:.0f} ms at kappa {best['kappa']:.3g}" if best else "none"
-            why = self.gave_up or "the budget ran out before the duration settled in the window"
-            verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: final median "
-                       f"{'NaN' if final_ms is None else f'{final_ms:.0f}'} ms at kappa {self.kappa:.3g}; "
-                       f"{why}; closest measured: {closest}")
-        kappa = self.kappa
-        if delivered is not None:
-            kappa = delivered[1]
-            verdict += (f"; delivers the state of iteration {delivered[0]} ({final_ms:.0f} ms at kappa "
-                        f"{kappa:.3g}), the nearest to the window, instead of the last")
-        return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
-                "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
-                "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up,
-                "delivered_iteration": delivered[0] if delivered else None}
