@@ -17,7 +17,6 @@ class Verdict:
         c = min(ok, key=lambda c: abs(math.log10(c.median_ms) - self.center))
         return c.as_dict()
 
-    # ------------------------------------------------------------------ persistence
     def delivery(self, final_ms: float | None) -> tuple[int, float] | None:
         """(iteration, kappa) of the state to deliver instead of the final one, or None.
 
