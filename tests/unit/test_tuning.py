@@ -480,3 +480,22 @@ def test_a_cliff_in_the_response_is_bisected_not_jumped_across():
             if t.done(it):
                 break
         assert 1e8 <= t.kappa <= 1.5e8, (seed, t.kappa, [c.as_dict() for c in t.checks])
+
+
+def test_real_open_field_probes_keep_kappa_at_the_cliff():
+    """Replays what the full model's tuner saw on the bundled open-field recording (job defaults):
+    every probe from the AR-HMM's state measured 302 ms at kappa 1.15e8 and 1.33e8, and 328 ms
+    then 629 ms (a jump after 15-25 iterations) at 1.54e8 and above. At iteration 205 the bracket
+    is 1.33e8..1.64e8, narrower than min_bracket; dropping its short side then stepped three
+    decades down (to 1.6e5, where the model ended at 233 ms, exit 5). Its short side was set by a
+    probe at the probes' one age, so it stands."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).resolve().parents[1] / "data" / "tuner"
+                      / "openfield_full_model_medians.json").read_text())
+    cfg = make_cfg(kappa0=7.63e8, start_ms=rec["start_ms"], fixed_iters=50, restart_probes=True,
+                   drift_horizon=100)
+    t = KappaTuner.replay(cfg, rec["medians"], 205)
+    assert t.checks[-1].iteration == 205 and t.checks[-1].median_ms > 600
+    assert 1.33e8 <= t.kappa <= 1.64e8, [c.as_dict() for c in t.checks[-3:]]
