@@ -364,6 +364,13 @@ def drive_ageing(tuner, slope, seed, horizon=100):
         lv = math.log10(330.0) + slope * math.log10(kappa / 1.78e5) + 0.23 * (1 - math.exp(-age / 80.0))
         return quantise(10 ** (lv + noise[age]))
 
+    return drive_probes(tuner, ms, horizon)
+
+
+def drive_probes(tuner, ms, horizon=100):
+    """Run the tuner on ``ms(kappa, age)``, a chain whose every rollback restarts it from one start
+    (age 0), as the full model's probes do. Returns (final ms, last iteration, ms ``horizon``
+    iterations later at the final kappa)."""
     age, final, it = 0, None, 0
     for it in range(1, tuner.cfg.max_iters + 1):
         age += 1
@@ -423,17 +430,9 @@ def test_full_model_whose_ageing_grows_with_kappa_is_steered_by_probes_of_one_ag
 
         t = KappaTuner(make_cfg(kappa0=1.78e5, start_ms=300.0, fixed_iters=50, restart_probes=True,
                                 drift_horizon=100))
-        age, final, it = 0, None, 0
-        for it in range(1, t.cfg.max_iters + 1):
-            age += 1
-            final = ms(t.kappa, age)
-            t.observe(it, final)
-            if t.rollback is not None:
-                age = 0
-            if t.done(it):
-                break
+        final, it, later = drive_probes(t, ms)
         assert it <= 260
-        stays += t.in_window(final) and 300 <= ms(t.kappa, age + 100) <= 400
+        stays += t.in_window(final) and 300 <= later <= 400
     assert stays >= 9, stays
 
 
@@ -471,14 +470,7 @@ def test_a_cliff_in_the_response_is_bisected_not_jumped_across():
 
         t = KappaTuner(make_cfg(kappa0=7.63e8, start_ms=300.0, fixed_iters=50, restart_probes=True,
                                 drift_horizon=100))
-        age = 0
-        for it in range(1, t.cfg.max_iters + 1):
-            age += 1
-            t.observe(it, ms(t.kappa, age))
-            if t.rollback is not None:
-                age = 0
-            if t.done(it):
-                break
+        drive_probes(t, ms)
         assert 1e8 <= t.kappa <= 1.5e8, (seed, t.kappa, [c.as_dict() for c in t.checks])
 
 
