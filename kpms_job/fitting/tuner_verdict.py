@@ -53,14 +53,15 @@ class Verdict:
             best = self.best()
             closest = f"{best['median_ms']:.0f} ms at kappa {best['kappa']:.3g}" if best else "none"
             why = self.gave_up or "the budget ran out before the duration settled in the window"
-            verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: final median "
-                       f"{'NaN' if final_ms is None else f'{final_ms:.0f}'} ms at kappa {self.kappa:.3g}; "
+            ended = "NaN" if final_ms is None else f"{final_ms:.0f}"
+            if delivered is None:
+                ended = f"final median {ended} ms at kappa {self.kappa:.3g}"
+            else:  # final_ms is the delivered state's median; the chain itself ended elsewhere
+                ended = (f"the chain ended at kappa {self.kappa:.3g}, and delivers the state of iteration "
+                         f"{delivered[0]} ({ended} ms at kappa {delivered[1]:.3g}), the nearest to the window")
+            verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: {ended}; "
                        f"{why}; closest measured: {closest}")
-        kappa = self.kappa
-        if delivered is not None:
-            kappa = delivered[1]
-            verdict += (f"; delivers the state of iteration {delivered[0]} ({final_ms:.0f} ms at kappa "
-                        f"{kappa:.3g}), the nearest to the window, instead of the last")
+        kappa = self.kappa if delivered is None else delivered[1]
         return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
                 "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up,

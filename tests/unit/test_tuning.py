@@ -452,6 +452,7 @@ def test_a_chain_that_ends_outside_delivers_the_state_measured_nearest_the_windo
     rep = t.report(120.0, (it, kappa))
     assert rep["final_kappa"] == kappa and rep["delivered_iteration"] == it
     assert "delivers the state of iteration" in rep["verdict"] and "NOT in window" in rep["verdict"]
+    assert f"({120.0:.0f} ms at kappa {kappa:.3g})" in rep["verdict"]
     assert t.delivery(350.0) is None  # a final state in the window is the one delivered
 
 
