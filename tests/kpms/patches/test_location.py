@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from patch_fixtures import *  # noqa: F403 (its fixtures; a conftest.py here would shadow tests/conftest.py)
 
 from kpms_job.kpms import patches
 

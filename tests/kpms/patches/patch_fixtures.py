@@ -1,4 +1,5 @@
-"""Shared fixtures of the patch tests: the job's patches installed once in this process, and a small
+"""Shared fixtures of the patch tests, which star-import them (a conftest.py here would shadow
+tests/conftest.py, imported by name): the job's patches installed once in this process, and a small
 real model cut into sequences that each patched step and jax-moseq's own are run on.
 
 The model is ``tools.calibrate_memory.calibration_model(4, 4, 20)`` (the bundled real recording,
