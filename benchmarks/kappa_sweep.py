@@ -101,6 +101,23 @@ def snapshot_medians(path: Path, fps: float) -> dict[int, float]:
     return out
 
 
+def final_segments(path: Path) -> dict:
+    """At the checkpoint's last snapshot: syllable instances, distinct syllables, longest instance (frames)."""
+    import h5py
+    import numpy as np
+    from jax_moseq.utils import get_durations
+
+    if not path.exists():
+        return {}
+    with h5py.File(path, "r") as f:
+        last = max(f["model_snapshots"].keys(), key=int)
+        z = np.asarray(f[f"model_snapshots/{last}/states/z"])
+        mask = np.asarray(f["data/mask"])
+    durs = get_durations(z, mask)
+    return {"instances": int(len(durs)), "states": int(len(np.unique(z))),
+            "longest_frames": int(durs.max()) if len(durs) else None}
+
+
 def checkpoint_kappa(path: Path) -> float | None:
     import h5py
 
@@ -162,6 +179,7 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
         got = checkpoint_kappa(ck)
         if got is None or not math.isclose(got, want, rel_tol=1e-9):
             row["notes"].append(f"{label} checkpoint's kappa {got} is not {want:.6g}")
+    row["full_final_segments"] = final_segments(full_ck)
     a, f = row["arhmm_snapshots_ms"], row["full_snapshots_ms"]
     row["arhmm_ms"] = a[max(a, key=int)] if a else None
     row["full_final_iter"] = int(max(f, key=int)) if f else None
