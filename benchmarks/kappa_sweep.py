@@ -9,8 +9,12 @@ the window for that data. This benchmark measures it. For one dataset of
 ``model.full_kappa = k / 10`` (the job's default ratio, keypoint-moseq's recipe) and runs
 ``python -m kpms_job run manifest`` in a fresh process in that SAME project dir: a new kappa
 reruns the AR-HMM (from scratch: its chain key holds kappa) and what follows; ingest, outliers
-and PCA are reused. The job's log is parsed for its ``run``/``skip`` lines and every run records
-which stages ran, so the reuse is checked, not assumed (``reused_preprocessing`` in the JSON).
+and PCA are reused. Before each run the project's config.yml kappa is set back to the run's
+kappa, as a fresh project would have it (``reset_config_kappa``: the job's full-model stage
+writes its kappa there, and keypoint-moseq draws the next AR-HMM's initial state with it, so
+without the reset each run's chain depends on the run before; ``--no-config-reset`` keeps that).
+The job's log is parsed for its ``run``/``skip`` lines and every run records which stages ran,
+so the reuse is checked, not assumed (``reused_preprocessing`` in the JSON).
 Any non-zero exit is recorded (none is expected with tuning off).
 
 After each run it reads the project's summary.json (the full model's median and kappas; it has
@@ -128,6 +132,32 @@ def checkpoint_kappa(path: Path) -> float | None:
         return float(f[f"model_snapshots/{last}/hypparams/trans_hypparams/kappa"][()])
 
 
+# ---------------------------------------------------------------- the project's config.yml
+CONFIG_KAPPA = re.compile(r"^(trans_hypparams:\n(?:[ \t]+.*\n|\n)*?[ \t]+kappa:[ \t]*)(\S+)[ \t]*$", re.M)
+
+
+def reset_config_kappa(project: Path, kappa: float) -> float | None:
+    """Set config.yml's trans_hypparams.kappa to ``kappa``; return the value it had (None: no config yet).
+
+    keypoint-moseq's ``init_model`` draws the AR-HMM's initial transition matrix and syllables
+    with config.yml's kappa; the job then changes only the hyperparameter. A fresh project's
+    config holds the manifest's kappa (ingest writes it), but the full-model stage writes its own
+    kappa there after every fit, so in a reused project the next AR-HMM starts from a state drawn
+    with the PREVIOUS run's full-model kappa: the same manifest then gives another chain, and a
+    sweep's results would depend on its order. Setting it back makes every run the run a fresh
+    project would make at that kappa. Text edit: the file's comments stay.
+    """
+    cfg = project / "config.yml"
+    if not cfg.exists():
+        return None
+    text = cfg.read_text()
+    m = CONFIG_KAPPA.search(text)
+    if m is None:
+        raise RuntimeError(f"no trans_hypparams.kappa in {cfg}")
+    cfg.write_text(text[:m.start(2)] + repr(float(kappa)) + text[m.end(2):])
+    return float(m.group(2))
+
+
 # ---------------------------------------------------------------- one run of the job
 def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
     """The job at kappa 10**x (full model at 10**x / 10) in a fresh process, then its measures."""
@@ -141,6 +171,7 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
     log_file = out / "logs" / f"log10k={x:+.4f}.log"
     summary = project / "summary.json"
     before = summary.stat().st_mtime if summary.exists() else None
+    config_kappa = reset_config_kappa(project, kappa) if args.config_reset else None
     print(f"== kappa 1e{x:g} (full model {kappa / FULL_RATIO:.3g}) ...", flush=True)
     t0 = time.monotonic()
     with open(log_file, "w") as fh:
@@ -156,7 +187,8 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
     row = {"log10_kappa": x, "kappa": kappa, "full_kappa": kappa / FULL_RATIO, "exit": proc.returncode,
            "wall_s": round(wall, 1), "stages": stages,
            "reused_preprocessing": all(stages.get(s) == "skipped" for s in PREPROCESSING),
-           "log": str(log_file), "notes": []}
+           "log": str(log_file), "config_kappa_before": config_kappa, "config_reset": args.config_reset,
+           "notes": []}
     s = json.loads(summary.read_text()) if summary.exists() else {}
     fresh = summary.exists() and summary.stat().st_mtime != before
     if not fresh:
@@ -298,6 +330,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", nargs=2, type=float, default=[300.0, 400.0], metavar=("LO", "HI"))
+    ap.add_argument("--no-config-reset", dest="config_reset", action="store_false",
+                    help="leave config.yml's kappa as the previous run wrote it (each AR-HMM then starts from a "
+                         "state drawn with the previous run's full-model kappa; see reset_config_kappa)")
     ap.add_argument("--resume", action="store_true", help="reuse runs in OUT/kappa_sweep.json made with the "
                                                           "same settings")
     args = ap.parse_args(argv)
@@ -310,7 +345,8 @@ def main(argv=None) -> int:
     grid = [round(g_lo + i * g_step, 6) for i in range(int(math.floor((g_hi - g_lo) / g_step + 1e-9)) + 1)]
     settings = {"dataset": args.dataset, "fps": fps, "arhmm_iters": args.arhmm_iters,
                 "full_iters": args.full_iters, "save_every": args.save_every, "seed": args.seed,
-                "target_ms": [lo, hi], "full_kappa_ratio": FULL_RATIO, "project": str(project)}
+                "target_ms": [lo, hi], "full_kappa_ratio": FULL_RATIO, "project": str(project),
+                "config_reset": args.config_reset}
     rows: list[dict] = []
     jf = out / "kappa_sweep.json"
     if args.resume and jf.exists():
