@@ -154,7 +154,8 @@ def reset_config_kappa(project: Path, kappa: float) -> float | None:
     m = CONFIG_KAPPA.search(text)
     if m is None:
         raise RuntimeError(f"no trans_hypparams.kappa in {cfg}")
-    cfg.write_text(text[:m.start(2)] + repr(float(kappa)) + text[m.end(2):])
+    value = yaml.safe_dump(float(kappa)).splitlines()[0]  # 1.0e+16: PyYAML reads repr's "1e+16" as a string
+    cfg.write_text(text[:m.start(2)] + value + text[m.end(2):])
     return float(m.group(2))
 
 
@@ -207,12 +208,21 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
     full_ck = project / MODEL / "checkpoint.h5"
     row["arhmm_snapshots_ms"] = {str(k): v for k, v in snapshot_medians(arhmm_ck, fps).items()}
     row["full_snapshots_ms"] = {str(k): v for k, v in snapshot_medians(full_ck, fps).items()}
+    kappas_match = True
     for ck, want, label in ((arhmm_ck, kappa, "AR-HMM"), (full_ck, kappa / FULL_RATIO, "full-model")):
         got = checkpoint_kappa(ck)
         if got is None or not math.isclose(got, want, rel_tol=1e-9):
+            kappas_match = False
             row["notes"].append(f"{label} checkpoint's kappa {got} is not {want:.6g}")
     row["full_final_segments"] = final_segments(full_ck)
     a, f = row["arhmm_snapshots_ms"], row["full_snapshots_ms"]
+    # a run that failed or wrote no summary leaves the previous run's checkpoints: not its measures
+    # (a run that skipped every stage, the project being at this kappa already, is measured)
+    row["valid"] = proc.returncode == 0 and kappas_match and (fresh or "ran" not in stages.values())
+    if not row["valid"]:
+        row["notes"].append("not measured: the checkpoints are not this run's")
+        a = f = row["arhmm_snapshots_ms"] = row["full_snapshots_ms"] = {}
+        row["full_final_segments"] = {}
     row["arhmm_ms"] = a[max(a, key=int)] if a else None
     row["full_final_iter"] = int(max(f, key=int)) if f else None
     row["full_ms"] = f[str(row["full_final_iter"])] if f else None
@@ -235,10 +245,16 @@ def run_one(x: float, manifest: dict, fps: float, out: Path, args) -> dict:
 
 
 # ---------------------------------------------------------------- grid, refinement, verdict
+def valid(row: dict) -> bool:
+    """Measured by its own run (rows of older versions of this file have no "valid": their exit says)."""
+    return bool(row.get("valid", row.get("exit") == 0
+                         and not any("not rewritten" in n for n in row.get("notes", []))))
+
+
 def side(row: dict, lo: float, hi: float) -> str | None:
     """'below', 'in', 'above' the window for the full model's final median, None if unmeasured."""
     v = row.get("full_ms")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if not valid(row) or v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return "below" if v < lo else "above" if v > hi else "in"
 
@@ -251,7 +267,7 @@ def brackets(rows: list[dict], lo: float, hi: float) -> list[tuple[dict, dict]]:
 
 
 def verdict(rows: list[dict], lo: float, hi: float) -> tuple[str, dict]:
-    ok = sorted((r for r in rows if r.get("in_window")), key=lambda r: r["log10_kappa"])
+    ok = sorted((r for r in rows if valid(r) and r.get("in_window")), key=lambda r: r["log10_kappa"])
     parts, info = [], []
     for a, b in brackets(rows, lo, hi):
         res = b["log10_kappa"] - a["log10_kappa"]
@@ -270,8 +286,9 @@ def verdict(rows: list[dict], lo: float, hi: float) -> tuple[str, dict]:
             text += "; elsewhere the median crosses the window without landing in it: " + "; ".join(parts)
         return text, {"reached": True, "kappas": [r["kappa"] for r in ok], "crossings": info}
     if info:
-        res = min(c["resolution_decades"] for c in info)
-        return (f"no kappa in the grid (resolution {res:.4g} decades near the crossing) puts the full "
+        rs = sorted(c["resolution_decades"] for c in info)
+        res = f"{rs[0]:.4g}" if rs[0] == rs[-1] else f"{rs[0]:.4g} to {rs[-1]:.4g}"
+        return (f"no kappa in the grid (resolution {res} decades near the crossing) puts the full "
                 f"model's median in [{lo:g}, {hi:g}] ms: " + "; ".join(parts),
                 {"reached": False, "crossings": info})
     meas = [r for r in rows if side(r, lo, hi) is not None]
@@ -300,15 +317,18 @@ def table(rows: list[dict], args, fps: float) -> str:
            f"seed {args.seed}, window [{lo:g}, {hi:g}] ms. Medians: jax-moseq get_durations at each "
            "checkpoint snapshot.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: r["log10_kappa"]):
-        f = r.get("full_snapshots_ms", {})
+        ok = valid(r)
+        f = r.get("full_snapshots_ms", {}) if ok else {}
         ran = [k for k, v in r.get("stages", {}).items() if v == "ran"]
-        out.append(f"| {r['log10_kappa']:g} | {r['kappa']:.3g} | {r['full_kappa']:.3g} | {_ms(r.get('arhmm_ms'))} | "
+        judged = ("YES" if r.get("in_window") else "no") if ok else "NOT MEASURED"
+        out.append(f"| {r['log10_kappa']:g} | {r['kappa']:.3g} | {r['full_kappa']:.3g} "
+                   f"| {_ms(r.get('arhmm_ms') if ok else None)} | "
                    + " | ".join(_ms(f.get(str(i))) for i in iters)
-                   + f" | {'YES' if r.get('in_window') else 'no'} | {r['exit']} | {', '.join(ran) or '-'} "
+                   + f" | {judged} | {r['exit']} | {', '.join(ran) or '-'} "
                    f"| {r['wall_s']:.0f} |")
     notes = [f"- kappa {r['kappa']:.3g}: {n}" for r in rows for n in r.get("notes", [])]
     mid = [f"- kappa {r['kappa']:.3g}: in the window at snapshot(s) {r['in_window_at']} but not at the final one"
-           for r in rows if r.get("in_window_at") and not r.get("in_window")]
+           for r in rows if valid(r) and r.get("in_window_at") and not r.get("in_window")]
     if notes or mid:
         out += ["", "Notes:"] + notes + mid
     return "\n".join(out)
@@ -362,7 +382,7 @@ def main(argv=None) -> int:
                             text=True).stdout.strip()
 
     def measured(x):
-        return next((r for r in rows if abs(r["log10_kappa"] - x) < 1e-9), None)
+        return next((r for r in rows if abs(r["log10_kappa"] - x) < 1e-9 and valid(r)), None)
 
     def save():
         text, info = verdict(rows, lo, hi)
@@ -380,7 +400,7 @@ def main(argv=None) -> int:
         if r is None:
             r = run_one(x, manifest, fps, out, args)
             r["phase"] = phase
-            rows.append(r)
+            rows[:] = [o for o in rows if abs(o["log10_kappa"] - x) >= 1e-9] + [r]  # a failed one is replaced
             save()
         return r
 
