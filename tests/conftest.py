@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,40 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "manifest.yml"
 SHARED_DATA = ROOT.parent / "shared" / "data"  # real tracking data; absent on a fresh clone
 TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+#: Seconds one test may run before the whole session is stopped (KPMS_TEST_TIMEOUT overrides): a test
+#: that hangs (a deadlock in native code, say) would otherwise hold CI until its own limit and print
+#: nothing about where. It is well above the slowest test (`pytest --durations=10` lists them).
+TEST_TIMEOUT = float(os.environ.get("KPMS_TEST_TIMEOUT", 1200))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Stop the session once a test runs past TEST_TIMEOUT, naming the test and printing every
+    thread's stack: a Python timer does it (it runs while the main thread waits in native code),
+    after lifting pytest's capture of the terminal; faulthandler's own watchdog, which needs no GIL,
+    is the backstop that exits if the timer cannot run."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+
+    def stop():
+        if capture is not None:
+            capture.suspend_global_capture(in_=False)
+        sys.stderr.write(f"\n{item.nodeid} ran past {TEST_TIMEOUT:.0f} s (KPMS_TEST_TIMEOUT): "
+                         "stopping the test session; every thread's stack follows\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(TEST_TIMEOUT, stop)
+    timer.daemon = True
+    timer.start()
+    faulthandler.dump_traceback_later(TEST_TIMEOUT + 60, exit=True)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)

@@ -69,6 +69,25 @@ def small_model():
     )
 
 
+def kalman_modes() -> tuple[bool, ...]:
+    """The Kalman algorithms (``parallel_message_passing``) a test may run in this process: the
+    sequential filter always, the associative scan only where the job itself runs it
+    (:func:`kpms_job.resources.model.kalman_scan_allowed`). On XLA:CPU the scan's batched LU calls
+    can deadlock the process at 0% CPU; they did in this suite's process, and CI sat there until
+    its time ran out."""
+    from kpms_job.kpms.gibbs import backend
+    from kpms_job.resources.model import kalman_scan_allowed
+
+    return (False, True) if kalman_scan_allowed(backend()) else (False,)
+
+
+def skip_unless_the_job_runs(parallel: bool) -> None:
+    """Skip a test of the associative scan where the job never runs it (:func:`kalman_modes`)."""
+    if parallel not in kalman_modes():
+        pytest.skip("the job never runs the associative-scan Kalman sampler on this backend "
+                    "(kalman_scan_allowed), and on XLA:CPU it can deadlock the test process")
+
+
 @pytest.fixture(scope="session")
 def rel():
     """The largest relative difference of ``a`` from ``b``, elementwise: ``rel(a, b)``."""

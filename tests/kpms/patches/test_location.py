@@ -37,7 +37,7 @@ def reference(small_model, mixed_map_iters):
     keys = {**small_model.keys, "different": small_model.different_key}
     with mixed_map_iters(1):
         return {(parallel, name): np.asarray(_original(parallel)(key, **_args(small_model)))
-                for parallel in (True, False) for name, key in keys.items()}
+                for parallel in kalman_modes() for name, key in keys.items()}  # noqa: F405
 
 
 def test_the_patch_is_where_jax_moseq_looks_the_step_up_with_the_fits_kalman_algorithm(small_model):
@@ -59,6 +59,7 @@ def test_the_patched_step_samples_jax_moseqs_centroid_with_the_same_key(small_mo
                                                                         iters, parallel):
     from jax_moseq.models.keypoint_slds import gibbs
 
+    skip_unless_the_job_runs(parallel)  # noqa: F405
     with mixed_map_iters(iters):
         for name, key in small_model.keys.items():
             v = np.asarray(gibbs.resample_location(key, **_args(small_model), parallel_message_passing=parallel))
