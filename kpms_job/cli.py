@@ -176,7 +176,10 @@ def _without_restarts(argv: list[str]) -> list[str]:
 def cmd_run(args) -> int:
     import time
 
-    from . import inputs, manifest, pipeline, signals, watchdog
+    from . import signals
+
+    signals.install()  # before the imports below: numpy starts its BLAS threads at import (signals.install)
+    from . import inputs, manifest, pipeline, watchdog
     from .errors import Interrupted, OutOfMemory
     from .resources import machine, planner
     from .state import JobState, ProjectLock
@@ -186,7 +189,6 @@ def cmd_run(args) -> int:
     # a pattern that matches no file is reported now, before the project dir is created
     inputs.expand(m)
     inputs.video_files(m["inputs"].get("videos"))
-    signals.install()
     restart = False
     with ProjectLock(m["project_dir"]) as lock:
         lock.acquire(wait=args.wait)

@@ -50,28 +50,47 @@ def enter_critical(timeout: float) -> bool:
     return _critical.acquire(timeout=timeout)
 
 
+def _received(sig: int) -> None:
+    """Stop at the next safe point; after the grace period (or at a second signal) exit 75."""
+    if _stop.is_set():
+        log.warning("second %s: stopping now", signal.Signals(sig).name)
+    else:
+        log.warning("%s received: stopping at the next safe point (snapshot, state), "
+                    "then exit %d", signal.Signals(sig).name, EXIT_INTERRUPTED)
+        _stop.set()
+        deadline = time.monotonic() + grace_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        log.warning("no safe point reached within %.0f s: exiting with the last saved "
+                    "snapshot; a rerun continues from it", grace_seconds())
+    with _critical:
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+
 def _watch() -> None:
     while True:
         sig = signal.sigwait(SIGNALS)
-        if _stop.is_set():
-            log.warning("second %s: stopping now", signal.Signals(sig).name)
-        else:
-            log.warning("%s received: stopping at the next safe point (snapshot, state), "
-                        "then exit %d", signal.Signals(sig).name, EXIT_INTERRUPTED)
-            _stop.set()
-            deadline = time.monotonic() + grace_seconds()
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
-            log.warning("no safe point reached within %.0f s: exiting with the last saved "
-                        "snapshot; a rerun continues from it", grace_seconds())
-        with _critical:
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
+        threading.Thread(target=_received, args=(sig,), name="kpms-job-stop", daemon=True).start()
+
+
+def _handler(sig: int, frame) -> None:
+    threading.Thread(target=_received, args=(sig,), name="kpms-job-stop", daemon=True).start()
 
 
 def install() -> None:
-    """Route SIGTERM/SIGINT to the watcher; call before any other thread starts."""
+    """Route SIGTERM/SIGINT to the watcher; call before anything starts a thread.
+
+    A thread inherits the signal mask of the thread that starts it, so every thread started after
+    this blocks the signals and the watcher's ``sigwait`` receives them. A thread started before
+    (numpy's BLAS pool, started by ``import numpy``) does not block them, and the kernel may hand a
+    process-directed TERM to it: the Python-level handler then makes sure that it still means "stop
+    at the next safe point", not the default action (the process killed, exit 143, as it was when
+    this ran after the pipeline's imports).
+    """
     if threading.current_thread() is not threading.main_thread():
         return
+    for sig in SIGNALS:
+        signal.signal(sig, _handler)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     threading.Thread(target=_watch, name="kpms-job-signals", daemon=True).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,15 +38,31 @@ def tiny_manifest(tmp: Path, **overrides) -> Path:
     return path
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of every job the tests start: TERM and INT at their defaults and not blocked,
+    as a shell, slurmstepd or a container runtime starts the job.
+
+    A child inherits its parent's signal mask and ignored signals. The tests that run the job
+    in-process install its signal watcher, which blocks TERM and INT in pytest's main thread; a job
+    started from there would inherit the block in every thread it ever starts and so pass a
+    graceful-stop test that fails in production (it did: a TERM killed the real job with 143 while
+    the test's job exited 75).
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_job(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     e = dict(os.environ, NO_COLOR="1")
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "kpms_job", *map(str, args)], capture_output=True,
-                          text=True, env=e, timeout=timeout, cwd=ROOT)
+                          text=True, env=e, timeout=timeout, cwd=ROOT, preexec_fn=default_signals)
 
 
 def start_job(*args, env=None) -> subprocess.Popen:
     e = dict(os.environ, NO_COLOR="1")
     e.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "kpms_job", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=e, cwd=ROOT)
+                            stderr=subprocess.STDOUT, text=True, env=e, cwd=ROOT,
+                            preexec_fn=default_signals)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jobs import default_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "slurm" / "kpms-job.sbatch"
@@ -49,20 +50,6 @@ exit 75
 FAKE_SCONTROL = r"""#!/bin/sh
 echo "scontrol $*" >> "$FAKE_LOG"
 """
-
-
-def _default_signals() -> None:
-    """Start the script as slurmstepd does: TERM and INT at their defaults and not blocked.
-
-    A child inherits its parent's signal mask and ignored signals. The tests that run the
-    job in-process install its signal watcher, which blocks TERM and INT in pytest's main
-    thread (that is how the watcher receives them); a script started from there would never
-    see the TERM the test sends (the first CI run failed so). bash also cannot trap a signal
-    that was ignored when it started. Slurm starts batch scripts with neither.
-    """
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -88,7 +75,7 @@ def fake(tmp_path):
         if job_id:
             e["SLURM_JOB_ID"] = job_id
         proc = subprocess.Popen(["bash", str(SCRIPT), str(manifest)], env=e, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
                                 start_new_session=True)
         started.append(proc)
         return proc
