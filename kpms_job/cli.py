@@ -18,8 +18,9 @@ COMMANDS = ("run", "validate", "plan")
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
 window (results are written), 73 project dir not writable or full, 75 interrupted (a signal, or
-the project dir held or taken over by another job): rerun to continue,
-76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue"""
+the project dir taken over by another job): rerun to continue,
+76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue,
+77 busy: another job holds the project dir, nothing was done (retry later, or --wait)"""
 
 
 class _Parser(argparse.ArgumentParser):

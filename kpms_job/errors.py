@@ -10,10 +10,12 @@ Exit codes (documented in the README; the Kubernetes and Slurm examples rely on 
 4     out of memory after every fallback
 5     finished, but kappa tuning could not reach the target window
 73    output problem: project dir not writable or disk full
-75    interrupted (signal, project dir locked, or its lock taken over by
-      another job, which goes on with the work): safe to rerun
+75    interrupted (signal, or the project dir's lock taken over by another
+      job, which goes on with the work): safe to rerun
 76    stalled: no progress within the watchdog's limit (a hang, e.g. an
       XLA:CPU deadlock); stacks logged, last snapshot kept: safe to rerun
+77    busy: another job holds the project dir; nothing was done. Not a
+      failure: retry later, or run with ``--wait`` to queue behind it
 ====  ==========================================================
 """
 
@@ -26,6 +28,7 @@ EXIT_TUNING_MISSED = 5
 EXIT_OUTPUT = 73
 EXIT_INTERRUPTED = 75
 EXIT_STALLED = 76  # kpms_job.watchdog: the job made no progress within its limit and exited itself
+EXIT_BUSY = 77
 
 
 class JobError(Exception):
@@ -85,8 +88,11 @@ class Interrupted(JobError):
     exit_code = EXIT_INTERRUPTED
 
 
-class LockHeld(Interrupted):
-    """Another job holds the project dir."""
+class LockHeld(JobError):
+    """Another job holds the project dir: this one did nothing. Its own code, not 75, so that a
+    scheduler waits and retries instead of counting it as an interrupted attempt."""
+
+    exit_code = EXIT_BUSY
 
 
 class LockLost(Interrupted):

@@ -141,6 +141,17 @@ def test_interrupted_outside_slurm_exits_75_without_requeue(fake):
     assert not any(line.startswith("scontrol") for line in lines())
 
 
+def test_busy_is_requeued_beyond_the_limit(fake):
+    """Exit 77 (another job holds the project dir, nothing was done) is not an attempt: it is
+    requeued to try later even where the requeue limit for interruptions is spent."""
+    start, _, lines, manifest = fake
+    proc = start(FAKE_EXIT="77", SLURM_RESTART_COUNT="3", KPMS_JOB_MAX_REQUEUES="3")
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert lines() == [f"args: {manifest}", "scontrol requeue 4242"], out
+    assert "busy" in out
+
+
 def test_requeues_stop_after_the_limit(fake):
     start, wait_ready, lines, _ = fake
     proc = start(SLURM_RESTART_COUNT="3", KPMS_JOB_MAX_REQUEUES="3")

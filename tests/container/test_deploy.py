@@ -119,6 +119,9 @@ def test_pod_failure_policy_retries_interruptions_and_evictions():
     stalled = [r for r in rules if errors.EXIT_STALLED in r.get("onExitCodes", {}).get("values", [])]
     assert [r["action"] for r in stalled] == ["Count"], "a stall is retried and counted, so a recurring hang ends"
 
+    busy = [r for r in rules if errors.EXIT_BUSY in r.get("onExitCodes", {}).get("values", [])]
+    assert [r["action"] for r in busy] == ["Ignore"], "a busy project dir is not a failed attempt"
+
     # rules apply in order: the eviction rule must come before any rule that could fail the Job on 75
     assert rules.index(disruption[0]) < rules.index(interrupted[0])
     assert the_job()["spec"]["backoffLimit"] >= 3

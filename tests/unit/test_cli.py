@@ -125,14 +125,14 @@ HOLD = textwrap.dedent("""
 """)
 
 
-def test_run_on_a_project_another_job_holds_exits_75_or_waits_with_wait(job):
+def test_run_on_a_project_another_job_holds_exits_77_busy_or_waits_with_wait(job):
     record_all(manifest.load(job))
     project = job.parent / "project"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(project), "2"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         res = run_cli("run", job)
-        assert res.returncode == 75
+        assert res.returncode == 77  # busy, not interrupted: a scheduler must not count it as an attempt
         assert f"host {socket.gethostname()}, pid {holder.pid}, since" in res.stderr
         assert "--wait" in res.stderr and "Traceback" not in res.stderr
         res = run_cli("run", "--wait", job)  # queues behind the holder, then finds nothing to do

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from kpms_job import state as S
-from kpms_job.errors import EXIT_INTERRUPTED, LockHeld, OutputError
+from kpms_job.errors import EXIT_BUSY, EXIT_INTERRUPTED, LockHeld, OutputError
 from kpms_job.state import JobState, ProjectLock, atomic_write_text, fingerprint, hash_file
 
 
@@ -148,7 +148,7 @@ def test_second_job_on_the_same_dir_gets_lockheld_naming_host_pid_since(tmp_path
     try:
         with pytest.raises(LockHeld) as exc:
             ProjectLock(tmp_path).acquire()
-        assert exc.value.exit_code == EXIT_INTERRUPTED == 75
+        assert exc.value.exit_code == EXIT_BUSY == 77
         text = str(exc.value)
         assert socket.gethostname() in text and f"pid {p.pid}" in text and "since 20" in text
         assert "--wait" in text
