@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             sp.add_argument("--wait", action="store_true",
                             help="if another job holds the project dir, wait for it instead of exiting")
+            sp.add_argument("--task", metavar="I|select|auto",
+                            help="with restarts: fit restart I only (after the shared stages), select among "
+                                 "the fitted restarts, or take I from JOB_COMPLETION_INDEX (Kubernetes "
+                                 "Indexed Job) or SLURM_ARRAY_TASK_ID (auto); the task that finishes the "
+                                 "last restart selects")
             # how many times this job has restarted itself after running out of memory: the count
             # crosses into the fresh process (exec or child) on its command line
             sp.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
@@ -93,7 +98,7 @@ def cmd_plan(args) -> int:
     decisions = pipeline.decide(m, state)
     print(f"plan for {args.manifest} (project {m['project_dir']}):")
     for d in decisions:
-        print(f"  {'RUN ' if d.run else 'skip'}  {d.stage.name:<11} {d.stage.title:<36} {d.reason}")
+        print(f"  {'RUN ' if d.run else 'skip'}  {d.label:<14} {d.stage.title:<36} {d.reason}")
     n = sum(d.run for d in decisions)
     print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
     try:
@@ -107,10 +112,11 @@ def cmd_plan(args) -> int:
 
 def _tuning_verdict(state, m) -> int:
     from .manifest import tuning_settings
+    from .pipeline import Context, restart_states
 
     info = (state.stage("summary") or {}).get("info", {})
     if tuning_settings(m) is not None and info.get("in_target_window") is False:
-        full = (state.stage("full_model") or {}).get("info", {})
+        full = Context(m, state, states=restart_states(m, state)).info("full_model")  # the selected restart's
         log.error("kappa tuning did not reach the target window: %s",
                   (full.get("tuning") or {}).get("verdict", "see summary.md"))
         return EXIT_TUNING_MISSED
@@ -174,56 +180,99 @@ def _without_restarts(argv: list[str]) -> list[str]:
     return out
 
 
+def _run_part(args, m: dict, part, wait: bool, t0: float) -> tuple[dict | None, bool]:
+    """Run ``part`` of the job (pipeline.run) under the lock it needs: (outcome, restart), where
+    outcome is None when nothing was left to do and restart says the process must start afresh
+    (out of memory: the next setting needs a new process).
+
+    The project's own stages run under the project lock; a restart's fits under the restart's
+    lock alone (pipeline takes it), so that tasks on one project dir fit side by side.
+    """
+    import contextlib
+
+    from . import pipeline, signals, watchdog
+    from .errors import Interrupted, OutOfMemory
+    from .resources import machine, planner
+    from .state import JobState, ProjectLock
+
+    restart = False
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if not isinstance(part, int):
+            lock = stack.enter_context(ProjectLock(m["project_dir"]))
+            lock.acquire(wait=wait)
+        state = JobState(m["project_dir"], lock=lock)
+        if state.recovered and lock is not None:  # a rerun with nothing to do would otherwise leave it damaged
+            state.save()
+        if not any(d.run for d in pipeline.decide(m, state) if pipeline.in_part(d, part)):
+            return None, False
+        # JAX reads its GPU memory fraction when it starts: set it from the budget now
+        prepared = machine.prepare_environment(m)
+        # a hang (e.g. an XLA:CPU deadlock) ends in exit 76, not silence; a restart's task records it
+        # in no state (the project's is not its to write)
+        watchdog.start(state=state if lock is not None else None, lock=lock)
+        try:
+            outcome = pipeline.run(m, state, stop=signals.requested, prepared=prepared, part=part, wait=wait)
+        except JobError as exc:
+            if not _fit_out_of_memory(exc):
+                raise
+            if not getattr(exc, "recorded", False):  # a restart's fit records it under its own lock
+                stage = next((d.stage.name for d in pipeline.decide(m, state) if d.run), None)
+                planner.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
+            if args.restarts >= 64:
+                raise OutOfMemory(f"out of memory, and 64 restarts did not get past it: {exc}") from exc
+            restart = True
+        else:
+            if lock is not None:
+                planner.record_peak(state)
+        finally:
+            watchdog.stop()
+        if signals.requested():
+            raise Interrupted("stopped on request; rerun the same command to continue")
+    return (None if restart else outcome), restart
+
+
 def cmd_run(args) -> int:
     import time
 
     from . import signals
 
     signals.install()  # before the imports below: numpy starts its BLAS threads at import (signals.install)
-    from . import inputs, manifest, pipeline, watchdog
-    from .errors import Interrupted, OutOfMemory
-    from .resources import machine, planner
-    from .state import JobState, ProjectLock
+    from . import inputs, manifest, pipeline, restarts
+    from .state import JobState
 
     t0 = time.monotonic()
     m = manifest.load(args.manifest)
     # a pattern that matches no file is reported now, before the project dir is created
     inputs.expand(m)
     inputs.video_files(m["inputs"].get("videos"))
-    restart = False
-    with ProjectLock(m["project_dir"]) as lock:
-        lock.acquire(wait=args.wait)
-        state = JobState(m["project_dir"], lock=lock)
-        if state.recovered:  # a rerun with nothing to do would otherwise leave the damaged file
-            state.save()
-        decisions = pipeline.decide(m, state)
-        if not any(d.run for d in decisions):
-            log.info("nothing to do: every stage is done and unchanged (%s)", m["project_dir"])
-            print(f"nothing to do: {m['project_dir']} is complete and up to date "
-                  f"({time.monotonic() - t0:.1f} s)")
-            return _tuning_verdict(state, m)
-        # JAX reads its GPU memory fraction when it starts: set it from the budget now
-        prepared = machine.prepare_environment(m)
-        watchdog.start(state=state, lock=lock)  # a hang (e.g. an XLA:CPU deadlock) ends in exit 76, not silence
-        try:
-            outcome = pipeline.run(m, state, stop=signals.requested, prepared=prepared)
-        except JobError as exc:
-            if not _fit_out_of_memory(exc):
-                raise
-            stage = next((d.stage.name for d in pipeline.decide(m, state) if d.run), None)
-            planner.after_out_of_memory(m, state, str(exc), stage)  # raises OutOfMemory when nothing is left
-            if args.restarts >= 64:
-                raise OutOfMemory(f"out of memory, and 64 restarts did not get past it: {exc}") from exc
-            restart = True
-        else:
-            planner.record_peak(state)
-        finally:
-            watchdog.stop()
-        if signals.requested():
-            raise Interrupted("stopped on request; rerun the same command to continue")
-    if restart:  # the lock is released: the fresh process takes it again
-        return _restart(args)
+    task = restarts.parse_task(args.task, m)
+    if task is None:
+        parts = [(None, args.wait)]
+    elif task == "select":
+        parts = [("shared", True), ("rest", args.wait)]
+    else:
+        # every task runs (or waits for) the shared stages, then its restart; the one that finds
+        # every restart fitted runs select and what follows
+        parts = [("shared", True), (task, args.wait), ("rest", True)]
+    outcome: dict = {}
+    for part, wait in parts:
+        if part == "rest" and task != "select" and pipeline.pending_restarts(m, JobState(m["project_dir"])):
+            left = len(pipeline.pending_restarts(m, JobState(m["project_dir"])))
+            print(f"restart {task} done; {left} of {m['restarts']} restarts not finished yet: the task that "
+                  f"finishes the last one selects ({time.monotonic() - t0:.0f} s)")
+            return EXIT_OK
+        ran, restart = _run_part(args, m, part, wait, t0)
+        if restart:  # the lock is released: the fresh process takes it again
+            return _restart(args)
+        outcome.update(ran or {})
+    state = JobState(m["project_dir"])
     ran = [k for k, v in outcome.items() if v == "ran"]
+    if not ran:
+        log.info("nothing to do: every stage is done and unchanged (%s)", m["project_dir"])
+        print(f"nothing to do: {m['project_dir']} is complete and up to date "
+              f"({time.monotonic() - t0:.1f} s)")
+        return _tuning_verdict(state, m)
     print(f"done: {len(ran)} stage(s) ran, {len(outcome) - len(ran)} skipped, "
           f"{time.monotonic() - t0:.0f} s. Results: {m['project_dir']}/summary.md")
     return _tuning_verdict(state, m)

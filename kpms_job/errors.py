@@ -95,6 +95,28 @@ class LockHeld(JobError):
     exit_code = EXIT_BUSY
 
 
+class RestartsPending(JobError):
+    """Select (and what follows) needs every restart fitted, and some are not.
+
+    Exit 77 (busy) when other jobs are fitting them: the last of them to finish runs select.
+    Exit 2 when nobody is: they must be fitted first (``--task I``, or ``run`` without ``--task``).
+    """
+
+    def __init__(self, project_dir, pending: list[tuple[int, bool]]):
+        held = [f"r{i:02d}" for i, h in pending if h]
+        idle = [f"r{i:02d}" for i, h in pending if not h]
+        self.exit_code = EXIT_BUSY if held and not idle else EXIT_MANIFEST
+        parts = []
+        if held:
+            parts.append(f"restart(s) {', '.join(held)} are being fitted by other jobs, and the last of them "
+                         "to finish runs select")
+        if idle:
+            parts.append(f"restart(s) {', '.join(idle)} are not fitted yet and no job holds them: run "
+                         f"`kpms-job run MANIFEST --task {idle[0][1:].lstrip('0') or '0'}` for each, or `kpms-job run "
+                         "MANIFEST` to fit every missing one")
+        super().__init__(f"cannot select a restart in {project_dir} yet: " + "; ".join(parts))
+
+
 class LockLost(Interrupted):
     """Another job took the project dir's lock over (this one was judged stale): this job
     stopped at its next safe point without writing the project again."""

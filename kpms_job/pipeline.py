@@ -23,13 +23,16 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
-from . import __version__, faults, inputs, watchdog
+from . import __version__, faults, inputs, restarts, watchdog
 from .manifest import tuning_settings
-from .state import JobState, fingerprint, hash_file, output_error
+from .state import SHARED_STAGES, JobState, ProjectLock, fingerprint, hash_file, output_error
 
 log = logging.getLogger("kpms_job")
 
 ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary")
+#: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
+#: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
+PER_RESTART = ("arhmm", "full_model")
 
 
 def package_versions() -> dict:
@@ -65,8 +68,8 @@ class Stage:
         """The manifest fields this stage reads for manifest ``m``."""
         return self.reads_tuned if tuning_settings(m) is not None else self.reads
 
-    def output_paths(self, m: dict) -> list:
-        return [o.format(model=m["model"]["name"]) for o in self.outputs]
+    def output_paths(self, m: dict, model_name: str | None = None) -> list:
+        return [o.format(model=model_name or m["model"]["name"]) for o in self.outputs]
 
 
 def manifest_field(m: dict, path: str):
@@ -93,6 +96,39 @@ def _declared_stages() -> list[Stage]:
 
 STAGES = _declared_stages()
 BY_NAME = {s.name: s for s in STAGES}
+SELECT = Stage.declared("select")
+
+
+def graph(m: dict) -> list[tuple[Stage, int | None]]:
+    """The stages of manifest ``m`` in order, each with its restart (None: the project's own)."""
+    n = restarts.count(m)
+    if n == 1:
+        return [(st, None) for st in STAGES]
+    after = [st for st in STAGES if st.name not in SHARED_STAGES + PER_RESTART]
+    return ([(BY_NAME[name], None) for name in SHARED_STAGES]
+            + [(BY_NAME[name], i) for i in range(n) for name in PER_RESTART]
+            + [(SELECT, None)] + [(st, None) for st in after])
+
+
+def key(name: str, restart: int | None) -> str:
+    """A stage's name in one run's graph: ``arhmm@r03`` for restart 3's AR-HMM."""
+    return name if restart is None else f"{name}@r{restart:02d}"
+
+
+def _upstream(st: Stage, restart: int | None, n: int) -> list[str]:
+    """The graph keys whose fingerprints stage ``st`` (of ``restart``) depends on."""
+    if st is SELECT:
+        return [key(d, None) for d in st.deps] + [key("full_model", i) for i in range(n)]
+    if n > 1 and restart is None:  # after select: its choice stands for the fits
+        deps = ["select" if d in PER_RESTART else d for d in st.deps]
+        return list(dict.fromkeys(deps))
+    return [key(d, restart if d in PER_RESTART else None) for d in st.deps]
+
+
+def restart_states(m: dict, state: JobState) -> list[JobState]:
+    """Each restart's state, read-only (no lock), or [] without restarts."""
+    n = restarts.count(m)
+    return [JobState(state.project_dir, restart=i, parent=state) for i in range(n)] if n > 1 else []
 
 
 def input_hashes(m: dict) -> dict:
@@ -113,24 +149,40 @@ class Decision:
     run: bool
     reason: str
     parts: dict = field(default_factory=dict)
+    restart: int | None = None  # the restart whose state records this stage (None: the project's)
+    upstream: tuple = ()  # the graph keys it depends on
+
+    @property
+    def key(self) -> str:
+        return key(self.stage.name, self.restart)
+
+    @property
+    def label(self) -> str:
+        return self.stage.name if self.restart is None else f"{self.stage.name} r{self.restart:02d}"
 
 
-def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision]:
-    """For each stage: run or skip, and why."""
+def decide(m: dict, state: JobState, files: dict | None = None,
+           states: list[JobState] | None = None) -> list[Decision]:
+    """For each stage (each restart's fits with restarts): run or skip, and why. ``states``: the
+    restarts' states (default: read from disk)."""
     versions = package_versions()
     files = input_hashes(m) if files is None else files
+    n = restarts.count(m)
+    states = restart_states(m, state) if states is None else states
     out: dict[str, Decision] = {}
     decisions = []
-    for st in STAGES:
+    for st, restart in graph(m):
+        mm = m if restart is None else restarts.manifest_for(m, restart)
+        upstream = tuple(_upstream(st, restart, n))
         parts = {
-            "manifest": fingerprint({f: manifest_field(m, f) for f in st.fields(m)}),
-            "upstream": fingerprint([out[d].fingerprint for d in st.deps]),
+            "manifest": fingerprint({f: manifest_field(mm, f) for f in st.fields(mm)}),
+            "upstream": fingerprint([out[d].fingerprint for d in upstream]),
             "versions": fingerprint(versions),
         }
         if st.name == "ingest":
             parts["files"] = fingerprint(files)
         fp = fingerprint(st.name, parts)
-        rec = state.stage(st.name)
+        rec = (state if restart is None else states[restart]).stage(st.name)
         if rec is None:
             run, reason = True, "not done yet"
         elif rec["fingerprint"] != fp:
@@ -145,30 +197,37 @@ def decide(m: dict, state: JobState, files: dict | None = None) -> list[Decision
                        if not (state.project_dir / o).exists()]
             run = bool(missing)
             reason = f"output missing: {missing[0]}" if missing else f"done at {rec['finished_at']}, unchanged"
-        d = Decision(st, fp, run, reason, parts)
-        out[st.name] = d
+        d = Decision(st, fp, run, reason, parts, restart, upstream)
+        out[d.key] = d
         decisions.append(d)
     # a stage whose upstream reruns must rerun as well, even when its fingerprint holds
     rerun = set()
     for d in decisions:
-        if not d.run and any(dep in rerun for dep in d.stage.deps):
+        if not d.run and any(dep in rerun for dep in d.upstream):
             d.run, d.reason = True, "an earlier stage reruns"
         if d.run:
-            rerun.add(d.stage.name)
+            rerun.add(d.key)
     return decisions
 
 
 class Context:
-    """What a stage gets: the manifest, the project dir, the state and shared helpers."""
+    """What a stage gets: the manifest, the project dir, the state and shared helpers.
 
-    def __init__(self, m: dict, state: JobState, stop=None, prepared: dict | None = None):
+    A restart's fits get the restart's manifest (its seed and name) and state. With restarts, the
+    project's own context reads the fits (``info("full_model")``) from the selected restart's state
+    and names that restart's model folder (``model_name``) once ``select`` has run.
+    """
+
+    def __init__(self, m: dict, state: JobState, stop=None, prepared: dict | None = None,
+                 states: list[JobState] | None = None):
         self.m = m
         self.project_dir = Path(m["project_dir"])
         self.state = state
+        self.restart_states = states or []
         self.cache: dict = {}
         self.stop = stop  # callable -> bool: a graceful stop was requested
         self.fingerprints: dict = {}
-        self.stage_names = list(ORDER)
+        self.stage_names = [k for k in dict.fromkeys(st.name for st, r in graph(m) if r is None)]
         self.versions = package_versions()
         # what resources.machine.prepare_environment decided before JAX started (the budget and
         # JAX's memory settings); None where nothing was prepared (a stage run on its own)
@@ -180,8 +239,18 @@ class Context:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _selected(self) -> int | None:
+        if not self.restart_states:
+            return None
+        rec = self.state.stage("select")
+        return rec["info"]["selected"] if rec else None
+
     def info(self, stage: str) -> dict:
-        rec = self.state.stage(stage)
+        state = self.state
+        selected = self._selected() if stage in PER_RESTART else None
+        if selected is not None:
+            state = self.restart_states[selected]
+        rec = state.stage(stage)
         return rec["info"] if rec else {}
 
     @property
@@ -190,11 +259,14 @@ class Context:
 
     @property
     def model_name(self) -> str:
+        selected = self._selected()
+        if selected is not None:
+            return restarts.restart_name(self.m, selected)
         return self.m["model"]["name"]
 
     @property
     def arhmm_name(self) -> str:
-        return self.m["model"]["name"] + "_arhmm"
+        return self.model_name + "_arhmm"
 
 
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
@@ -213,55 +285,153 @@ def _as_output_error(exc: OSError, stage: str, project_dir: Path):
     return err
 
 
-def run(m: dict, state: JobState, stop=None, prepared: dict | None = None) -> dict:
-    """Run every stage that is not done; return {stage: 'ran'|'skipped'}.
+def in_part(d: Decision, part) -> bool:
+    """Whether decision ``d`` belongs to ``part`` of the job (see :func:`run`)."""
+    if part is None:
+        return True
+    if part == "shared":
+        return d.restart is None and d.stage.name in SHARED_STAGES
+    if part == "rest":
+        return d.restart is None and d.stage.name not in SHARED_STAGES
+    return d.restart == part
+
+
+def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> bool:
+    """Run one stage and record it in ``state``; False when a stop was requested first."""
+    st = d.stage
+    log.info("run   %-10s %s (%s)", d.label, st.title, d.reason)
+    if ctx.stop():
+        return False
+    watchdog.progress(f"stage-start:{st.name}")
+    faults.point(f"stage-start:{st.name}")
+    t0 = time.monotonic()
+    try:
+        info = st.module.run(ctx) or {}
+    except OSError as exc:
+        out = _as_output_error(exc, st.name, ctx.project_dir)
+        if out is None:
+            raise
+        raise out from exc
+    declared = st.output_paths(ctx.m, None if st is SELECT else ctx.model_name)
+    undeclared = [o for o in info.setdefault("outputs", declared) if o not in declared]
+    if undeclared:  # the declaration is what a rerun checks for: it must name them
+        raise RuntimeError(f"stage {st.name} wrote {undeclared}, which kpms_job/stages/{st.name}.py "
+                           "does not declare in OUTPUTS")
+    info["_parts"] = d.parts
+    faults.point(f"stage-end:{st.name}")
+    seconds = time.monotonic() - t0
+    state.record_stage(st.name, d.fingerprint, seconds, info)
+    watchdog.progress(f"stage-end:{st.name}")
+    log.info("done  %-10s in %.1f s", d.label, seconds)
+    outcome[d.key] = "ran"
+    return True
+
+
+def _run_restart(m: dict, state: JobState, i: int, stop, prepared, wait: bool, outcome: dict,
+                 leave_if_held: bool) -> bool:
+    """Fit restart ``i`` under its own lock; False when a stop was requested, or when another job
+    holds it and ``leave_if_held`` (it is left to that job; else LockHeld, exit 77)."""
+    from .errors import FitOutOfMemory, LockHeld
+    from .resources import planner
+
+    lock = ProjectLock(state.project_dir, restart=i)
+    try:
+        lock.acquire(wait=wait)
+    except LockHeld as exc:
+        if not leave_if_held:
+            raise
+        log.info("restart r%02d: left to the job that holds it (%s)", i, exc)
+        outcome[key("arhmm", i)] = outcome[key("full_model", i)] = "busy"
+        return False
+    try:
+        mine = JobState(state.project_dir, lock=lock, restart=i, parent=state)
+        states = restart_states(m, state)
+        states[i] = mine
+        decisions = decide(m, state, states=states)  # again, under the lock: another job may have fitted it
+        ctx = Context(restarts.manifest_for(m, i), mine, lambda: stop() or lock.check() or False, prepared)
+        ctx.fingerprints = {d.stage.name: d.fingerprint for d in decisions if d.restart in (None, i)}
+        for d in decisions:
+            if d.restart != i:
+                continue
+            if not d.run:
+                log.info("skip  %-10s %s", d.label, d.reason)
+                outcome[d.key] = "skipped"
+                continue
+            try:
+                if not _run_stage(ctx, d, mine, outcome):
+                    return False
+            except FitOutOfMemory as exc:  # recorded in this restart's state, under its lock
+                planner.after_out_of_memory(ctx.m, mine, str(exc), d.stage.name)  # raises OutOfMemory when none left
+                exc.recorded = True
+                raise
+        return True
+    finally:
+        lock.release()
+
+
+def pending_restarts(m: dict, state: JobState) -> list[tuple[int, bool]]:
+    """The restarts whose fits are not done, each with whether a job holds it now."""
+    out = []
+    for d in decide(m, state):
+        if d.restart is not None and d.stage.name == "full_model" and d.run:
+            out.append((d.restart, ProjectLock(state.project_dir, restart=d.restart).held()))
+    return out
+
+
+def run(m: dict, state: JobState, stop=None, prepared: dict | None = None, part=None, wait: bool = False) -> dict:
+    """Run every stage of ``part`` that is not done; return {graph key: 'ran'|'skipped'|'busy'}.
+
+    ``part``: None, everything; "shared", ingest, outliers and PCA; an index, that restart's fits;
+    "rest", select and the stages after it (with restarts). Restarts run one after another, each
+    under its own lock (``wait``: queue behind a job that holds it, else leave it to that job).
+    The stages after the fits need every restart finished: when one is held by another job they are
+    left to the job that finishes last (:class:`~kpms_job.errors.RestartsPending`).
 
     A lock taken over by another job (``state.lock``) ends the run with LockLost at the next
     safe point: a stage start, a state write, or the stop poll after each Gibbs iteration
     (before that iteration's snapshot is written). ``prepared``: what
     :func:`resources.machine.prepare_environment` decided, for the planner.
     """
+    from .errors import RestartsPending
 
     def stop_or_lost() -> bool:
         state.check()
         return bool(stop is not None and stop())
 
-    ctx = Context(m, state, stop_or_lost, prepared)
+    ctx = Context(m, state, stop_or_lost, prepared, restart_states(m, state))
     # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
     # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))
-    outcome = {}
-    decisions = decide(m, state)
-    ctx.fingerprints = {d.stage.name: d.fingerprint for d in decisions}
-    for d in decisions:
-        st = d.stage
-        if not d.run:
-            log.info("skip  %-10s %s", st.name, d.reason)
-            outcome[st.name] = "skipped"
+    outcome: dict = {}
+    decisions = decide(m, state, states=ctx.restart_states)
+    ctx.fingerprints = {d.key: d.fingerprint for d in decisions}
+    current = {d.key: d for d in decisions}  # re-decided once the restarts are fitted
+    done_restarts: set = set()
+    for k in list(current):
+        d = current[k]
+        if not in_part(d, part):
             continue
-        log.info("run   %-10s %s (%s)", st.name, st.title, d.reason)
-        if ctx.stop():
+        if d.restart is not None:
+            if d.restart in done_restarts:
+                continue
+            done_restarts.add(d.restart)
+            if not _run_restart(m, state, d.restart, stop_or_lost, prepared, wait, outcome,
+                                leave_if_held=part is None) and stop_or_lost():
+                break
+            continue
+        if d.stage is SELECT:
+            pending = pending_restarts(m, state)
+            if pending:
+                raise RestartsPending(m["project_dir"], pending)
+            # the fits as they are now on disk, and the fingerprints they give
+            ctx.restart_states = restart_states(m, state)
+            current = {x.key: x for x in decide(m, state, states=ctx.restart_states)}
+            ctx.fingerprints = {x.key: x.fingerprint for x in current.values()}
+            d = current[k]
+        if not d.run:
+            log.info("skip  %-10s %s", d.label, d.reason)
+            outcome[d.key] = "skipped"
+            continue
+        if not _run_stage(ctx, d, state, outcome):
             break
-        watchdog.progress(f"stage-start:{st.name}")
-        faults.point(f"stage-start:{st.name}")
-        t0 = time.monotonic()
-        try:
-            info = st.module.run(ctx) or {}
-        except OSError as exc:
-            out = _as_output_error(exc, st.name, ctx.project_dir)
-            if out is None:
-                raise
-            raise out from exc
-        declared = st.output_paths(m)
-        undeclared = [o for o in info.setdefault("outputs", declared) if o not in declared]
-        if undeclared:  # the declaration is what a rerun checks for: it must name them
-            raise RuntimeError(f"stage {st.name} wrote {undeclared}, which kpms_job/stages/{st.name}.py "
-                               "does not declare in OUTPUTS")
-        info["_parts"] = d.parts
-        faults.point(f"stage-end:{st.name}")
-        seconds = time.monotonic() - t0
-        state.record_stage(st.name, d.fingerprint, seconds, info)
-        watchdog.progress(f"stage-end:{st.name}")
-        log.info("done  %-10s in %.1f s", st.name, seconds)
-        outcome[st.name] = "ran"
     return outcome

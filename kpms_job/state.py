@@ -26,6 +26,14 @@ log = logging.getLogger("kpms_job")
 
 STATE_DIR = ".kpms-job"
 STATE_VERSION = 1
+#: The stages every restart shares: recorded in the project's own state, read by the restarts'.
+SHARED_STAGES = ("ingest", "outliers", "pca")
+
+
+def state_dir(project_dir: str | Path, restart: int | None = None) -> Path:
+    """Where the job state (and the lock) of the project, or of one of its restarts, lives."""
+    base = Path(project_dir) / STATE_DIR
+    return base if restart is None else base / "restarts" / f"r{restart:02d}"
 
 
 def now_iso() -> str:
@@ -89,12 +97,17 @@ def fingerprint(*parts) -> str:
 
 
 class JobState:
-    """The persistent record of what a job has done in one project dir."""
+    """The persistent record of what a job has done in one project dir, or in one restart of it
+    (``restart`` i: its own fits, tuning and memory plan, in ``.kpms-job/restarts/rNN/``; the
+    shared stages are read from the project's state, ``parent``)."""
 
-    def __init__(self, project_dir: str | Path, lock: ProjectLock | None = None):
+    def __init__(self, project_dir: str | Path, lock: ProjectLock | None = None, restart: int | None = None,
+                 parent: JobState | None = None):
         self.project_dir = Path(project_dir)
         self.lock = lock  # the lock this job writes under: every write checks it is still ours
-        self.dir = self.project_dir / STATE_DIR
+        self.restart = restart
+        self.parent = parent
+        self.dir = state_dir(project_dir, restart)
         self.path = self.dir / "state.json"
         self.recovered = False  # loaded from state.json.bak: the writer should save it whole again
         self.data = self._load()
@@ -127,7 +140,10 @@ class JobState:
 
     # -- stages ----------------------------------------------------------------
     def stage(self, name: str) -> dict | None:
-        return self.data["stages"].get(name)
+        rec = self.data["stages"].get(name)
+        if rec is None and self.parent is not None and name in SHARED_STAGES:
+            return self.parent.stage(name)
+        return rec
 
     def record_stage(self, name: str, fp: str, seconds: float, info: dict | None = None) -> None:
         self.data["stages"][name] = {
@@ -196,8 +212,10 @@ class ProjectLock:
 
     HEARTBEAT_S = 20.0
 
-    def __init__(self, project_dir: str | Path, stale_after: float = 120.0):
-        self.path = Path(project_dir) / STATE_DIR / "lock"
+    def __init__(self, project_dir: str | Path, stale_after: float = 120.0, restart: int | None = None):
+        self.path = state_dir(project_dir, restart) / "lock"
+        # what the messages call what is locked
+        self.what = f"project dir {project_dir}" if restart is None else f"restart r{restart:02d} of {project_dir}"
         self.stale_after = stale_after
         self._stop = threading.Event()
         self._thread = None
@@ -322,20 +340,25 @@ class ProjectLock:
             if not wait:
                 if holder.get("host") == "?":
                     raise LockHeld(
-                        f"project dir {self.path.parent.parent} is locked: {self.path} is being written "
+                        f"{self.what} is locked: {self.path} is being written "
                         f"or is unreadable. If no job runs there, it is taken over {self.stale_after:.0f} s "
                         "after its last change; run with --wait to queue behind it.")
                 raise LockHeld(
-                    f"project dir {self.path.parent.parent} is in use by another job: host "
+                    f"{self.what} is in use by another job: host "
                     f"{holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}. "
                     "Wait for it to finish, or run with --wait to queue behind it.")
             if not waiting:
                 log.info("waiting for the job on host %s, pid %s (since %s) to release %s",
-                         holder.get("host"), holder.get("pid"), holder.get("since"), self.path.parent.parent)
+                         holder.get("host"), holder.get("pid"), holder.get("since"), self.what)
                 waiting = True
             time.sleep(poll)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
+
+    def held(self) -> bool:
+        """Whether a live job (not this object) holds this lock now."""
+        holder = self._holder()
+        return holder is not None and not self._mine(holder) and not self._is_stale(holder)
 
     def _mine(self, holder: dict | None) -> bool:
         return bool(holder) and all(holder.get(k) == self.me[k] for k in ("host", "pid", "created"))
@@ -348,7 +371,7 @@ class ProjectLock:
                 self.lost = True
                 log.error("another job took over the lock on %s (host %s, pid %s): this job was judged "
                           "stale and stops at its next safe point without writing more",
-                          self.path.parent.parent, self.taken_by.get("host"), self.taken_by.get("pid"))
+                          self.what, self.taken_by.get("host"), self.taken_by.get("pid"))
                 return
             try:
                 atomic_write_text(self.path, json.dumps({**self.me, "heartbeat": time.time()}))
@@ -360,7 +383,7 @@ class ProjectLock:
         the job state, after every Gibbs iteration (before its snapshot) and before each stage."""
         if self.lost:
             raise LockLost(
-                f"another job took over the project dir {self.path.parent.parent} (host "
+                f"another job took over the {self.what} (host "
                 f"{self.taken_by.get('host')}, pid {self.taken_by.get('pid')}): this job's heartbeat was "
                 f"judged stale (none for {self.stale_after:.0f} s). Stopped without writing more; the other "
                 "job goes on from the last snapshot. Rerun to queue behind it, or check that the two jobs "

@@ -24,7 +24,11 @@ def initial_model(ctx, kappa: float):
 
     pd = str(ctx.project_dir)
     coords, confs, _ = arrays.load(ctx.work_dir / "preprocessed.npz")
+    # keypoint-moseq draws the initial state with config.yml's kappa, which each full-model fit
+    # rewrites: drawn with the manifest's, as in a fresh project, the first model does not depend on
+    # what ran before it in the project (another restart, an earlier fit)
     config = project.load_config(pd)
+    config["trans_hypparams"] = {**config["trans_hypparams"], "kappa": float(ctx.m["model"]["kappa"])}
     data, metadata = project.format_data(coords, confs, config)
     model = gibbs.init_model(data, project.load_pca(pd), config, ctx.m["model"]["seed"])
     return gibbs.set_kappa(model, kappa), data, metadata

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..state import atomic_write_text, now_iso
 
 TITLE = "summary.json and summary.md"
-DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")
+DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")  # with restarts: select for the fits
 # targets: the summary judges the median against the window, tuned or not. The resolved manifest
 # it embeds records the run that last wrote it: an edit that no stage reads does not rewrite it.
 READS = ("model.name", "targets.median_duration_ms")
@@ -40,13 +41,42 @@ def build(ctx) -> dict:
         "syllables_over_0_5pct": res.get("syllables_over_0_5pct"),
         "tuning": full.get("tuning"),
         "arhmm_tuning": arhmm.get("tuning"),
-        "fitting_settings": ctx.state.get("resources"),
+        "fitting_settings": _fit_state(ctx).get("resources"),
+        "restarts": _restarts(ctx),
         "figures": {"made": figs.get("made", []), "failed": figs.get("failed", {})},
         "versions": ctx.versions,
         "seconds_per_stage": {name: (ctx.state.stage(name) or {}).get("seconds")
                               for name in ctx.stage_names if name != "summary"},
         "manifest": ctx.m,
     }
+
+
+def _fit_state(ctx):
+    """The state the fits were recorded in: the selected restart's, or the project's."""
+    sel = ctx.info("select")
+    return ctx.restart_states[sel["selected"]] if sel else ctx.state
+
+
+def _restarts(ctx) -> dict | None:
+    sel = ctx.info("select")
+    if not sel:
+        return None
+    return {"selected": sel["model_name"], "selected_because": sel["selected_because"], "models": sel["restarts"],
+            "figures": [f for f in sel["outputs"] if f.endswith(".png")]}
+
+
+def _restart_lines(r: dict) -> list[str]:
+    lines = ["", "## Restarts", "", f"Selected `{r['selected']}`: {r['selected_because']}.", "",
+             "| model | seed | EML (± s.e.) | kappa | median ms | in window | NMI with selected | |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in r["models"]:
+        kappa, med = x.get("kappa"), x.get("median_duration_ms")
+        lines.append(f"| {x['name']} | {x['seed']} | {x['eml']:.4g} (± {x['eml_std_err']:.2g}) | "
+                     f"{'' if kappa is None else f'{kappa:.3g}'} | {'' if med is None else f'{med:.0f}'} | "
+                     f"{'yes' if x['in_target_window'] else 'no'} | {x['nmi_with_selected']:.2f} | "
+                     f"{'selected' if x['selected'] else ''} |")
+    lines += [""] + [f"![{Path(f).stem}]({f})" for f in r["figures"]]
+    return lines
 
 
 def markdown(s: dict) -> str:
@@ -70,6 +100,8 @@ def markdown(s: dict) -> str:
         fs = s["fitting_settings"]
         lines.append(f"| fitting settings | {fs.get('backend')}, parallel_message_passing="
                      f"{fs.get('parallel_message_passing')}, mixed_map_iters={fs.get('mixed_map_iters')} |")
+    if s.get("restarts"):
+        lines += _restart_lines(s["restarts"])
     lines += ["", "## Recordings", "", "| recording | file | frames | missing | status |", "|---|---|---|---|---|"]
     for n, r in s["recordings"]["used"].items():
         lines.append(f"| {n} | {r['file']} | {r['frames']} | {r['nan_fraction']:.1%} | used |")

@@ -1,0 +1,95 @@
+"""Restarts (manifest ``restarts``): fitted in one process, or as array tasks started at once on one
+project dir with one of them killed and rerun, they end with the same selected restart and the same
+labels; the summary shows the expected marginal likelihoods and the label agreement."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from jobs import ROOT, default_signals, run_job, tiny_manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RESTARTS = {"restarts": 3, "fitting": {"arhmm_iters": 6, "full_iters": 8, "save_every": 2}}
+
+
+def _selected(project):
+    s = json.loads((project / "summary.json").read_text())
+    name = s["model_name"]
+    with h5py.File(project / name / "results.h5", "r") as f:
+        labels = {k: f[k]["syllable"][()] for k in f}
+    return name, labels, s
+
+
+def test_three_restarts_in_one_process_and_as_three_tasks_at_once_select_the_same_model(tmp_path_factory):
+    ref_dir = tmp_path_factory.mktemp("restarts_one_process")
+    ref = run_job("run", tiny_manifest(ref_dir, **RESTARTS))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    name, labels, summary = _selected(ref_dir / "project")
+    r = summary["restarts"]
+    assert [m["name"] for m in r["models"]] == ["kpms_job-r00", "kpms_job-r01", "kpms_job-r02"]
+    assert [m["seed"] for m in r["models"]] == [0, 1, 2]
+    best = max(r["models"], key=lambda m: m["eml"])
+    assert best["selected"] and best["name"] == name == r["selected"]
+    assert len({tuple(np.concatenate(list(_labels(ref_dir / "project", m["name"]).values())))
+                for m in r["models"]}) == 3, "the restarts are not different fits"
+    for fig in ("eml_scores.png", "label_agreement.png", "confusion_selected_vs_runner_up.png"):
+        assert (ref_dir / "project" / "kpms_job_restarts" / fig).stat().st_size > 0
+    assert "## Restarts" in (ref_dir / "project" / "summary.md").read_text()
+
+    tasks_dir = tmp_path_factory.mktemp("restarts_tasks")
+    manifest = tiny_manifest(tasks_dir, **RESTARTS)
+    env = dict(NO_COLOR="1")
+    procs = []
+    for i in range(3):
+        e = {**env, "JOB_COMPLETION_INDEX": str(i)}
+        if i == 1:  # killed inside its full model's fit
+            e["KPMS_JOB_FAULT"] = "kill@iter:kpms_job-r01:5"
+        procs.append(_start("run", manifest, "--task", "auto", env=e))
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes[1] == -signal.SIGKILL, outs[1][1][-3000:]
+    assert codes[0] == codes[2] == 0, [o[1][-2000:] for o in outs]
+    assert "Traceback" not in "".join(o[1] for o in outs)
+    # the shared stages ran once: one task ran them, the others waited and skipped them
+    assert sum("run   pca" in o[1] for o in outs) == 1
+    # with restart 1 unfinished nobody selected
+    assert not (tasks_dir / "project" / "summary.json").exists()
+    rerun = run_job("run", manifest, "--task", "auto", env={"JOB_COMPLETION_INDEX": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "full model: resuming from the snapshot at iteration 4" in rerun.stderr
+    assert "run   select" in rerun.stderr  # the task that finished the last restart selected
+    got_name, got_labels, _ = _selected(tasks_dir / "project")
+    assert got_name == name
+    assert got_labels.keys() == labels.keys()
+    for k in labels:
+        assert np.array_equal(got_labels[k], labels[k]), k
+    again = run_job("run", manifest, "--task", "select")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+
+
+def _labels(project, name):
+    with h5py.File(project / name / "results.h5", "r") as f:
+        return {k: f[k]["syllable"][()] for k in f}
+
+
+def _start(*args, env):
+    import os
+
+    return subprocess.Popen([sys.executable, "-m", "kpms_job", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, cwd=ROOT,
+                            preexec_fn=default_signals)
+
+
+def test_select_before_the_restarts_are_fitted_says_which_and_how(tmp_path):
+    manifest = tiny_manifest(tmp_path, **RESTARTS)
+    res = run_job("run", manifest, "--task", "select")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "r00, r01, r02 are not fitted yet and no job holds them" in res.stderr
+    assert "--task 0" in res.stderr
