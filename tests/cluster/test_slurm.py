@@ -70,11 +70,11 @@ def fake(tmp_path):
 
     started = []
 
-    def start(*, job_id: str | None = "4242", **extra) -> subprocess.Popen:
+    def start(*, job_id: str | None = "4242", args=(), **extra) -> subprocess.Popen:
         e = dict(env, **extra)
         if job_id:
             e["SLURM_JOB_ID"] = job_id
-        proc = subprocess.Popen(["bash", str(SCRIPT), str(manifest)], env=e, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(["bash", str(SCRIPT), str(manifest), *args], env=e, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
                                 start_new_session=True)
         started.append(proc)
@@ -121,6 +121,15 @@ def test_sigterm_is_forwarded_once_and_exit_75_requeues(fake):
     assert proc.returncode == 0, out
     assert lines() == [f"args: {manifest}", "TERM", "scontrol requeue 4242"], out
     assert "requeueing job 4242" in out
+
+
+def test_arguments_after_the_manifest_go_to_the_job(fake):
+    """``sbatch --array=0-19%4 kpms-job.sbatch manifest.yml --task auto``: the options reach the job."""
+    start, _, lines, manifest = fake
+    proc = start(FAKE_EXIT="0", args=("--task", "auto"))
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert lines() == [f"args: {manifest} --task auto"], out
 
 
 def test_no_requeue_for_a_manifest_error(fake):
@@ -287,3 +296,73 @@ def test_preempted_job_is_requeued_and_ends_identical_to_an_uninterrupted_one(cl
     for rec in ref:
         assert np.array_equal(ref[rec], got[rec]), f"{rec}: labels differ after preemption and requeue"
     print(f"slurm preempt+requeue test: {elapsed:.0f} s; stopped at iteration {stopped.group(1)}")
+
+
+@pytest.mark.cluster
+def test_restarts_as_an_array_with_one_task_preempted_select_once_and_match_one_process(cluster, tmp_path):
+    """``sbatch --array=0-2 kpms-job.sbatch manifest.yml --task auto`` with ``restarts: 3``: task 1 is
+    preempted mid-fit and requeued; the task that finishes the last restart selects, once; the
+    selected model and its labels are those of the same restarts fitted in one process."""
+    import json
+
+    import numpy as np
+    from jobs import run_job
+
+    def manifest(folder: Path) -> Path:
+        path = slurm_manifest(folder)
+        m = yaml.safe_load(path.read_text())
+        m["restarts"] = 3
+        m["fitting"] = {"arhmm_iters": 5, "full_iters": 30, "save_every": 5}
+        path.write_text(yaml.safe_dump(m, sort_keys=False))
+        return path
+
+    ref = run_job("run", manifest(tmp_path / "one_process"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    path = manifest(tmp_path / "array")
+    env = dict(os.environ, KPMS_JOB_CMD=f"{sys.executable} {ROOT / 'entrypoint.py'} run",
+               KPMS_JOB_STOP_GRACE_S="120", NO_COLOR="1")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    res = subprocess.run(["sbatch", "--parsable", "--array=0-2", "-c", "1", "--mem=3G", "--time=30",
+                          f"--output={path.parent}/slurm-%a.out", f"--chdir={path.parent}", str(SCRIPT), str(path),
+                          "--task", "auto"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    array = res.stdout.strip().split(";")[0]
+    tasks = [f"{array}_{i}" for i in range(3)]
+    outs = [path.parent / f"slurm-{i}.out" for i in range(3)]
+    try:
+        wait_for(lambda: outs[1].exists() and any(int(n) >= 7 for n in
+                                                  re.findall(r"full model: iteration (\d+)/30", outs[1].read_text())),
+                 timeout=900, what="task 1's full-model fit to reach iteration 7")
+        res = _slurm("scancel", "--signal=TERM", "--batch", tasks[1])
+        assert res.returncode == 0, res.stderr
+        info = wait_for(lambda: (i := job_info(tasks[1])).get("Restarts", "0") != "0" and i, timeout=300,
+                        what="task 1 to be requeued")
+        if info.get("JobState") == "PENDING":
+            _slurm("scontrol", "update", f"jobid={tasks[1]}", "starttime=now")
+        for t in tasks:
+            wait_for(lambda t=t: job_info(t).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
+                     timeout=1200, what=f"task {t} to finish")
+    finally:
+        _slurm("scancel", array)
+    logs = [o.read_text() for o in outs]
+    for t, log in zip(tasks, logs, strict=True):
+        info = job_info(t)
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), f"{t}: {info}\n{log[-3000:]}"
+    assert "TERM received" in logs[1] and "requeueing job" in logs[1], logs[1]
+    assert re.search(r"full model: resuming from the snapshot at iteration (\d+)", logs[1]), logs[1]
+    assert sum(log.count("run   select") for log in logs) == 1, "select must run once, in the last task"
+
+    def selected(project: Path):
+        name = json.loads((project / "summary.json").read_text())["model_name"]
+        import h5py
+
+        with h5py.File(project / name / "results.h5", "r") as f:
+            return name, {k: f[k]["syllable"][()] for k in f}
+
+    want_name, want = selected(tmp_path / "one_process" / "project")
+    got_name, got = selected(tmp_path / "array" / "project")
+    assert got_name == want_name
+    assert got.keys() == want.keys()
+    for k in want:
+        assert np.array_equal(got[k], want[k]), f"{k}: labels differ between the array and one process"

@@ -23,7 +23,10 @@ import yaml
 from kpms_job import errors
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB_YAML = ROOT / "deploy" / "kubernetes" / "job.yaml"
+KUBE = ROOT / "deploy" / "kubernetes"
+JOB_YAML = KUBE / "job.yaml"
+RESTARTS_YAML = KUBE / "restarts-job.yaml"
+PVC_YAML = KUBE / "pvc.yaml"
 KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate 1.37 bundles
 
 
@@ -75,8 +78,9 @@ def test_job_yaml_is_valid_for_a_current_kubernetes(tools):
     import kubernetes_validate
     from kubernetes_validate.utils import ValidationError
 
-    for doc in docs().values():
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    for path in (JOB_YAML, RESTARTS_YAML, PVC_YAML):
+        for doc in docs(path).values():
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     # the validator is real: a misspelt field in the same Job is refused
     broken = the_job()
     broken["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 5
@@ -89,10 +93,10 @@ def test_job_yaml_validates_with_the_cli_offline(tools):
     cli = Path(sys.executable).parent / "kubernetes-validate"
     cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "kubernetes_validate"]
     env = dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # no way out
-    res = subprocess.run([*cmd, "--strict", "-k", KUBERNETES_VERSION, str(JOB_YAML)],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([*cmd, "--strict", "-k", KUBERNETES_VERSION, str(JOB_YAML), str(RESTARTS_YAML),
+                          str(PVC_YAML)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("passed") == 2, res.stdout
+    assert res.stdout.count("passed") == 3, res.stdout
 
 
 def test_pod_failure_policy_fails_at_once_on_errors_a_retry_cannot_fix():
@@ -139,7 +143,7 @@ def test_pod_is_non_root_with_a_read_only_root_and_writable_tmp_and_data():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must be an emptyDir (caches, HOME)"
     claim = volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"]
-    assert docs()["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    assert docs(PVC_YAML)["PersistentVolumeClaim"]["metadata"]["name"] == claim
     assert c["args"][0].startswith("/data/"), "the manifest lives on the data volume"
     # the pod's UID is the image's USER
     user = re.search(r"^USER\s+(\d+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
@@ -263,3 +267,36 @@ def test_kubernetes_and_slurm_leave_the_compilation_cache_to_the_job(tmp_path):
         assert res.returncode == 0, res.stdout + res.stderr
         got = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
         assert got.get("JAX_COMPILATION_CACHE_DIR") == expected
+
+
+# --- the restarts of a study as an Indexed Job ---
+
+def test_the_data_volume_is_its_own_file_so_deleting_a_job_keeps_the_data():
+    assert "PersistentVolumeClaim" not in docs(JOB_YAML) and "PersistentVolumeClaim" not in docs(RESTARTS_YAML)
+    assert docs(PVC_YAML)["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_restarts_run_as_an_indexed_job_whose_pods_take_their_restart_from_the_index():
+    job = docs(RESTARTS_YAML)["Job"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["parallelism"] <= spec["completions"]
+    (c,) = spec["template"]["spec"]["containers"]
+    assert c["args"][-2:] == ["--task", "auto"], "each pod fits the restart of its JOB_COMPLETION_INDEX"
+    claim = next(v for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"]["claimName"] == docs(PVC_YAML)["PersistentVolumeClaim"]["metadata"]["name"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_restarts_policy_fails_the_job_on_a_bad_manifest_one_index_on_its_data_and_never_counts_busy():
+    spec = docs(RESTARTS_YAML)["Job"]["spec"]
+    assert spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] >= 1
+    by_action: dict = {}
+    for r in spec["podFailurePolicy"]["rules"]:
+        by_action.setdefault(r["action"], set()).update(r.get("onExitCodes", {}).get("values", []))
+    assert by_action["FailJob"] == {errors.EXIT_MANIFEST}
+    assert {errors.EXIT_INPUT, errors.EXIT_OOM, errors.EXIT_TUNING_MISSED, errors.EXIT_OUTPUT} <= by_action["FailIndex"]
+    assert {errors.EXIT_INTERRUPTED, errors.EXIT_STALLED} <= by_action["Count"]
+    assert errors.EXIT_BUSY in by_action["Ignore"]
+    assert any(c["type"] == "DisruptionTarget" for r in spec["podFailurePolicy"]["rules"]
+               for c in r.get("onPodConditions", []) if r["action"] == "Ignore")
