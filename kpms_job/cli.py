@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "the fitted restarts, or take I from JOB_COMPLETION_INDEX (Kubernetes "
                                  "Indexed Job) or SLURM_ARRAY_TASK_ID (auto); the task that finishes the "
                                  "last restart selects")
+            sp.add_argument("--workers", default="auto", metavar="K|auto",
+                            help="with restarts, without --task: fit this many restarts at once in worker "
+                                 "processes (auto: one per visible GPU; on a CPU as many as memory and "
+                                 "cores allow)")
             # how many times this job has restarted itself after running out of memory: the count
             # crosses into the fresh process (exec or child) on its command line
             sp.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
@@ -232,6 +236,38 @@ def _run_part(args, m: dict, part, wait: bool, t0: float) -> tuple[dict | None, 
     return (None if restart else outcome), restart
 
 
+def _fit_restarts(args, m: dict, t0: float, outcome: dict) -> int | None:
+    """Fit every restart not fitted and not held by another job: in this process one after another,
+    or in worker processes (:mod:`kpms_job.fanout`). An exit code to end with, or None to go on."""
+    from . import fanout, pipeline, signals
+    from .errors import Interrupted
+    from .state import JobState
+
+    state = JobState(m["project_dir"])
+    todo = [i for i, held in pipeline.pending_restarts(m, state) if not held]
+    if not todo:
+        return None
+    k, gpus, why = fanout.worker_count(m, state, args.workers)
+    if k <= 1:
+        for i in todo:
+            ran, restart = _run_part(args, m, i, False, t0)
+            if restart:
+                return _restart(args)
+            outcome.update(ran or {})
+        return None
+    log.info("fitting %d restart(s) in %d worker processes (%s)", len(todo), k, why)
+    codes = fanout.run_workers(args.manifest, todo, k, gpus, debug=args.debug)
+    failed = {i: c for i, c in codes.items() if c != 0}
+    outcome.update({pipeline.key("full_model", i): "ran" for i, c in codes.items() if c == 0})
+    if signals.requested():
+        raise Interrupted("stopped on request (the workers saved their snapshots); rerun the same command to continue")
+    if failed:
+        which = ", ".join(f"r{i:02d} (exit {failed[i]})" for i in sorted(failed))
+        log.error("restart(s) %s failed; the others are kept: rerun to fit the failed ones", which)
+        return failed[min(failed)]
+    return None
+
+
 def cmd_run(args) -> int:
     import time
 
@@ -247,7 +283,11 @@ def cmd_run(args) -> int:
     inputs.expand(m)
     inputs.video_files(m["inputs"].get("videos"))
     task = restarts.parse_task(args.task, m)
-    if task is None:
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        raise UsageError(f"command line: --workers: expected a number of at least 1 or auto, got {args.workers!r}")
+    if task is None and restarts.count(m) > 1:
+        parts = [("shared", args.wait), ("fits", args.wait), ("rest", True)]
+    elif task is None:
         parts = [(None, args.wait)]
     elif task == "select":
         parts = [("shared", True), ("rest", args.wait)]
@@ -257,7 +297,12 @@ def cmd_run(args) -> int:
         parts = [("shared", True), (task, args.wait), ("rest", True)]
     outcome: dict = {}
     for part, wait in parts:
-        if part == "rest" and task != "select" and pipeline.pending_restarts(m, JobState(m["project_dir"])):
+        if part == "fits":
+            code = _fit_restarts(args, m, t0, outcome)
+            if code is not None:
+                return code
+            continue
+        if part == "rest" and task not in (None, "select") and pipeline.pending_restarts(m, JobState(m["project_dir"])):
             left = len(pipeline.pending_restarts(m, JobState(m["project_dir"])))
             print(f"restart {task} done; {left} of {m['restarts']} restarts not finished yet: the task that "
                   f"finishes the last one selects ({time.monotonic() - t0:.0f} s)")

@@ -1,6 +1,7 @@
-"""Restarts (manifest ``restarts``): fitted in one process, or as array tasks started at once on one
-project dir with one of them killed and rerun, they end with the same selected restart and the same
-labels; the summary shows the expected marginal likelihoods and the label agreement."""
+"""Restarts (manifest ``restarts``): fitted in one process, as array tasks started at once on one
+project dir with one of them killed and rerun, or in two local worker processes, they end with the
+same selected restart and the same labels; the summary shows the expected marginal likelihoods and
+the label agreement."""
 
 from __future__ import annotations
 
@@ -72,6 +73,17 @@ def test_three_restarts_in_one_process_and_as_three_tasks_at_once_select_the_sam
         assert np.array_equal(got_labels[k], labels[k]), k
     again = run_job("run", manifest, "--task", "select")
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+
+    # and fanned out to two worker processes by plain `run`
+    workers_dir = tmp_path_factory.mktemp("restarts_workers")
+    fan = run_job("run", tiny_manifest(workers_dir, **RESTARTS), "--workers", "2")
+    assert fan.returncode == 0, fan.stderr[-3000:]
+    assert "fitting 3 restart(s) in 2 worker processes (--workers 2)" in fan.stderr
+    assert "[r00]" in fan.stderr and "[r02]" in fan.stderr  # the workers' lines, each named
+    got_name, got_labels, _ = _selected(workers_dir / "project")
+    assert got_name == name
+    for k in labels:
+        assert np.array_equal(got_labels[k], labels[k]), k
 
 
 def _labels(project, name):
