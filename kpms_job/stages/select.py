@@ -1,10 +1,11 @@
 """Select one restart (manifest ``restarts`` > 1): keypoint-moseq's expected marginal likelihood
 over the restarts' full models, its figure, and how well the restarts agree on the labels.
 
-The restarts whose full model reached the target window compete (all of them when tuning is off,
-or when none reached it): a model outside the window is not what the user asked for, however
-likely. Reindex, results, figures and summary then work on the selected restart's model folder,
-which is where ``kpms.load_checkpoint`` and ``kpms.load_results`` find it.
+With ``restart_selection: eml_in_window`` (the default) the restarts whose full model ended in the
+target window compete (all of them when none did): a model outside the window is not what the
+user asked for, however likely. ``eml`` compares them all. Reindex, results, figures and summary
+then work on the selected restart's model folder, which is where ``kpms.load_checkpoint`` and
+``kpms.load_results`` find it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ log = logging.getLogger("kpms_job")
 
 TITLE = "select the restart by expected marginal likelihood"
 DEPS = ("pca",)  # and every restart's full model: pipeline.decide adds those
-READS = ("model.name", "restarts", "targets.median_duration_ms")
+READS = ("model.name", "restarts", "restart_selection", "targets.median_duration_ms")
 OUTPUTS = ("{model}_restarts/eml_scores.png", "{model}_restarts/eml_scores.pdf",
            "{model}_restarts/label_agreement.png", "{model}_restarts/label_agreement.pdf",
            "{model}_restarts/confusion_selected_vs_runner_up.png",
@@ -25,6 +26,20 @@ OUTPUTS = ("{model}_restarts/eml_scores.png", "{model}_restarts/eml_scores.pdf",
 
 def _in_window(median, window) -> bool:
     return median is not None and window[0] <= median <= window[1]
+
+
+def pick(scores: list[float], medians: list, window, rule: str) -> tuple[int, int | None, list[int]]:
+    """(the selected restart, the runner-up or None, the restarts that competed) for EML ``scores``
+    and final ``medians`` under ``restart_selection`` ``rule``."""
+    n = len(scores)
+    inside = [i for i in range(n) if _in_window(medians[i], window)]
+    pool = (inside if rule == "eml_in_window" else []) or list(range(n))
+    finite = [i for i in pool if math.isfinite(scores[i])]
+    if not finite:
+        raise RuntimeError(f"no restart has a finite expected marginal likelihood: {scores}")
+    best = max(finite, key=lambda i: scores[i])
+    runner_up = max((i for i in finite if i != best), key=lambda i: scores[i], default=None)
+    return best, runner_up, pool
 
 
 def run(ctx):
@@ -36,14 +51,9 @@ def run(ctx):
     fulls = [(st.stage("full_model") or {}).get("info", {}) for st in ctx.restart_states]
     window = m["targets"]["median_duration_ms"]
     scores, errs = S.expected_marginal_likelihoods(pd, names)
-    inside = [i for i, f in enumerate(fulls) if _in_window(f.get("median_duration_ms"), window)]
-    pool = inside or list(range(len(names)))
-    finite = [i for i in pool if math.isfinite(scores[i])]
-    if not finite:
-        scored = dict(zip(names, scores, strict=True))
-        raise RuntimeError(f"no restart has a finite expected marginal likelihood: {scored}")
-    best = max(finite, key=lambda i: scores[i])
-    runner_up = max((i for i in finite if i != best), key=lambda i: scores[i], default=None)
+    medians = [f.get("median_duration_ms") for f in fulls]
+    inside = [i for i, med in enumerate(medians) if _in_window(med, window)]
+    best, runner_up, pool = pick(scores, medians, window, m["restart_selection"])
     if runner_up is None:
         runner_up = next(i for i in range(len(names)) if i != best)
 
@@ -61,8 +71,8 @@ def run(ctx):
              "iterations": fulls[i].get("iterations"), "in_target_window": i in inside,
              "nmi_with_selected": nmi[best][i], "selected": i == best}
             for i, n in enumerate(names)]
-    why = ("the best expected marginal likelihood" + (" among the restarts in the target window"
-                                                      if inside and len(inside) < len(names) else ""))
+    why = "the best expected marginal likelihood" + (" among the restarts in the target window"
+                                                     if len(pool) < len(names) else "")
     if fulls[best].get("kappa") is not None:  # config.yml's kappa is the selected model's, as after one fit
         from ..kpms import project
 

@@ -89,3 +89,35 @@ def test_select_waits_for_restarts_others_fit_and_refuses_ones_nobody_fits():
     assert busy.exit_code == EXIT_BUSY and "r01 are being fitted by other jobs" in str(busy)
     idle = RestartsPending("/p", [(0, False), (2, True)])
     assert idle.exit_code == EXIT_MANIFEST and "r00 are not fitted yet" in str(idle) and "--task 0" in str(idle)
+
+
+def test_the_selection_rule_is_read_by_select_alone(job):
+    project = Path(job).parent / "project"
+    project.mkdir()
+    state = JobState(project)
+    _record(_m(job, 3), state)
+    m = _m(job, 3)
+    m["restart_selection"] = "eml"
+    assert [d.key for d in pipeline.decide(m, state) if d.run] == ["select", "reindex", "results", "figures",
+                                                                    "summary"]
+
+
+@pytest.mark.parametrize(("rule", "medians", "expected"), [
+    ("eml_in_window", [350, 250, 380], (2, 0)),   # r01 scores best but ended outside the window
+    ("eml", [350, 250, 380], (1, 2)),             # whatever the median
+    ("eml_in_window", [250, 450, None], (1, 2)),  # none in the window: all compete
+    ("eml_in_window", [350, 250, 250], (0, None)),  # one in the window: no runner-up among them
+])
+def test_select_picks_the_best_eml_among_the_restarts_the_rule_admits(rule, medians, expected):
+    from kpms_job.stages.select import pick
+
+    best, runner_up, _ = pick([-10.0, -1.0, -5.0], medians, [300, 400], rule)
+    assert (best, runner_up) == expected
+
+
+def test_a_restart_without_a_finite_score_is_never_selected():
+    from kpms_job.stages.select import pick
+
+    assert pick([float("nan"), -3.0], [350, 350], [300, 400], "eml")[0] == 1
+    with pytest.raises(RuntimeError, match="no restart has a finite"):
+        pick([float("nan")] * 2, [350, 350], [300, 400], "eml")
