@@ -105,3 +105,36 @@ def test_select_before_the_restarts_are_fitted_says_which_and_how(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "r00, r01, r02 are not fitted yet and no job holds them" in res.stderr
     assert "--task 0" in res.stderr
+
+
+def test_a_term_to_run_reaches_every_worker_once_and_a_rerun_continues_their_fits(tmp_path):
+    import re
+    import time
+
+    from jobs import start_job
+
+    manifest = tiny_manifest(tmp_path, restarts=2, fitting={"arhmm_iters": 4, "full_iters": 300, "save_every": 10})
+    proc = start_job("run", manifest, "--workers", "2")
+    seen, fitting = [], set()
+    for line in proc.stdout:
+        seen.append(line)
+        found = re.match(r"\[(r0[01])\] .*full model: iteration (\d+)/300", line)
+        if found and int(found.group(2)) > 1:
+            fitting.add(found.group(1))
+        if fitting == {"r00", "r01"}:
+            break
+    assert fitting == {"r00", "r01"}, "".join(seen[-20:])
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    code = proc.wait(timeout=120)
+    assert code == 75, "".join(seen[-10:]) + rest[-3000:]
+    assert time.monotonic() - t0 < 60
+    for r in ("r00", "r01"):
+        assert re.search(rf"\[{r}\] .*SIGTERM received", rest), rest[-3000:]
+        assert re.search(rf"\[{r}\] .*full model stopped at iteration \d+ of 300", rest), rest[-3000:]
+    assert "second SIGTERM" not in rest  # forwarded once: the workers saved their snapshots
+    again = run_job("run", manifest, "--workers", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for r in ("r00", "r01"):
+        assert re.search(rf"\[{r}\] .*full model: resuming from the snapshot at iteration [1-9]\d*", again.stderr)
