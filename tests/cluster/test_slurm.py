@@ -243,6 +243,14 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def skip_requeue_hold(job_id: str) -> None:
+    """Start a requeued job now instead of after Slurm's ~2 min hold. Not in the same second as the
+    requeue: slurmd refuses a credential made in the second its predecessor's was revoked ("Job
+    credential revoked", the job then FAILS with exit 1; seen in CI)."""
+    time.sleep(2.5)
+    _slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
+
+
 def labels(project: Path) -> dict:
     import h5py
 
@@ -268,7 +276,7 @@ def test_preempted_job_is_requeued_and_ends_identical_to_an_uninterrupted_one(cl
         info = wait_for(lambda: (i := job_info(job_id)).get("Restarts", "0") != "0" and i, timeout=300,
                         what="the job to be requeued")
         if info.get("JobState") == "PENDING":
-            _slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")  # skip Slurm's ~2 min requeue hold
+            skip_requeue_hold(job_id)
         for jid in (ref_id, job_id):
             wait_for(lambda jid=jid: job_info(jid).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
                      timeout=1200, what=f"job {jid} to finish")
@@ -339,7 +347,7 @@ def test_restarts_as_an_array_with_one_task_preempted_select_once_and_match_one_
         info = wait_for(lambda: (i := job_info(tasks[1])).get("Restarts", "0") != "0" and i, timeout=300,
                         what="task 1 to be requeued")
         if info.get("JobState") == "PENDING":
-            _slurm("scontrol", "update", f"jobid={tasks[1]}", "starttime=now")
+            skip_requeue_hold(tasks[1])
         for t in tasks:
             wait_for(lambda t=t: job_info(t).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
                      timeout=1200, what=f"task {t} to finish")
