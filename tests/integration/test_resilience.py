@@ -168,14 +168,14 @@ def test_five_sigkills_at_random_moments_from_outside(tmp_path_factory):
     progress = re.compile(r"(AR-HMM|full model): iteration (\d+)/")
     resumed = re.compile(r"(AR-HMM|full model): resuming from the snapshot at iteration (\d+)")
     last_seen: dict = {}
-    checked = 0
+    checked = expected = 0
 
     def check_resume(out):
         nonlocal checked
         for label, n in resumed.findall(out):
-            if label in last_seen:
+            if label in last_seen:  # the killed run logged iterations of this fit: none is lost
                 assert int(n) >= last_seen[label] - 5, (label, n, last_seen)
-                checked += 1
+            checked += 1
 
     order = {"AR-HMM": 0, "full model": 1}
     for target in targets:
@@ -197,10 +197,15 @@ def test_five_sigkills_at_random_moments_from_outside(tmp_path_factory):
         text = "".join(out)
         check_resume(text)
         last_seen = {label: int(n) for label, n in progress.findall(text)}
+        # the kill landed inside a fit (its stage started and did not end): the rerun must resume it.
+        # With the random delay it may land just after a fit ended instead (a fast AR-HMM's last
+        # iterations); then the next fit starts from its beginning, as it should
+        events = re.findall(r"(run|done)\s+(arhmm|full_model)\b", text)
+        expected += bool(events) and events[-1][0] == "run"
     final = run_job("run", manifest)
     assert final.returncode == 0, final.stderr[-3000:]
     check_resume(final.stderr)
-    assert checked >= 5, checked  # every rerun after a kill resumed from a snapshot
+    assert checked == expected >= 3, (checked, expected)  # every rerun after a kill inside a fit resumed
     got = labels(tmp / "project")
     assert got.keys() == reference.keys()
     assert all(np.array_equal(got[k], reference[k]) for k in reference)
