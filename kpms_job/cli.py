@@ -302,8 +302,9 @@ def cmd_run(args) -> int:
             if code is not None:
                 return code
             continue
-        if part == "rest" and task not in (None, "select") and pipeline.pending_restarts(m, JobState(m["project_dir"])):
-            left = len(pipeline.pending_restarts(m, JobState(m["project_dir"])))
+        # decided once: pending_restarts hashes every input file
+        if part == "rest" and task not in (None, "select") and (
+                left := len(pipeline.pending_restarts(m, JobState(m["project_dir"])))):
             print(f"restart {task} done; {left} of {m['restarts']} restarts not finished yet: the task that "
                   f"finishes the last one selects ({time.monotonic() - t0:.0f} s)")
             return EXIT_OK

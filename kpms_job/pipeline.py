@@ -227,7 +227,7 @@ class Context:
         self.cache: dict = {}
         self.stop = stop  # callable -> bool: a graceful stop was requested
         self.fingerprints: dict = {}
-        self.stage_names = [k for k in dict.fromkeys(st.name for st, r in graph(m) if r is None)]
+        self.stage_names = [st.name for st, r in graph(m) if r is None]
         self.versions = package_versions()
         # what resources.machine.prepare_environment decided before JAX started (the budget and
         # JAX's memory settings); None where nothing was prepared (a stage run on its own)
