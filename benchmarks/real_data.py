@@ -45,6 +45,7 @@ ibl-paw left camera (1000 frames, and a different rate from the right camera's).
     .venv/bin/python benchmarks/real_data.py OUT_DIR                          # every row
     .venv/bin/python benchmarks/real_data.py OUT_DIR --datasets openfield \\
         --arhmm-iters 10 --full-iters 10 --stability-iters 5                  # smoke test
+    .venv/bin/python benchmarks/real_data.py OUT_DIR --seed 1                 # another model.seed
 
 Writes OUT_DIR/real_data.json and OUT_DIR/real_data.md (rewritten after each row), and each
 job's log under OUT_DIR/logs/. Projects go to OUT_DIR/projects/ with ``--keep``, else a temp
@@ -215,6 +216,8 @@ def run_row(name: str, args, work: Path, logs: Path) -> dict:
     fitting = {k: v for k, v in (("arhmm_iters", args.arhmm_iters), ("full_iters", args.full_iters)) if v}
     if fitting:
         m["fitting"] = fitting
+    if args.seed is not None:
+        m["model"] = {"seed": args.seed}
     mf = work / "manifest.yml"
     mf.write_text(yaml.safe_dump(m))
     shutil.copyfile(mf, logs / f"{name}.manifest.yml")
@@ -254,7 +257,8 @@ def _f(x, spec=".0f") -> str:
 def table(rows, args) -> str:
     fitting = ("the job's defaults" if not (args.arhmm_iters or args.full_iters)
                else f"SMOKE: AR-HMM {args.arhmm_iters or 50}, full {args.full_iters or 200} iterations")
-    out = [f"kpms-job defaults (fitting: {fitting}); "
+    seed = "" if args.seed is None else f"; model.seed {args.seed}"
+    out = [f"kpms-job defaults (fitting: {fitting}{seed}); "
            f"stable = still in the window after {args.stability_iters} more Gibbs iterations "
            "(benchmarks/stability.py, own process, not in the wall time). Memory: peak RSS of the job's "
            "process tree (/proc, 0.2 s).", "",
@@ -283,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full-iters", type=int, help="smoke tests only: overrides the job's default (200)")
     ap.add_argument("--tile-copies", type=int, default=18, help="copies in the TILED row (18: 41,940 frames)")
     ap.add_argument("--keep", action="store_true", help="keep each project under OUT/projects/")
+    ap.add_argument("--seed", type=int, help="model.seed for every row (default: the job's, 0); a tuner "
+                    "lands on a draw of the chain, so compare tuners over several seeds")
     args = ap.parse_args(argv)
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)

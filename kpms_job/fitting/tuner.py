@@ -93,6 +93,12 @@ class KappaTuner(Verdict):
     clean_points: list = field(default_factory=list, init=False)  # (log10 kappa, log10 duration)
     settled: bool = field(default=False, init=False)  # some measurement was accepted and held
     kept: int = field(default=0, init=False)  # direction (+1 up, -1 down) of the last correction that kept the chain
+    # restart_probes: probing is over and one chain now runs on (the probe that landed, or the
+    # best one measured, run again from the start); it is never restarted again
+    committed: bool = field(default=False, init=False)
+    # restart_probes: [log10 kappa, log10 duration] of each probe, the duration its LATEST check
+    # measured while it ran on at its kappa (a probe that landed may jump out later: its fate counts)
+    probes: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -134,9 +140,23 @@ class KappaTuner(Verdict):
         return ms is not None and self.cfg.lo_ms <= ms <= self.cfg.hi_ms
 
     # ------------------------------------------------------------------ schedule
+    def _stretch(self) -> int:
+        """Iterations the chain runs at its final kappa before it may end.
+
+        A committed full model holds for ``drift_horizon`` too: the model delivered must stay in
+        the window that long, so it should have been seen at its kappa for as long first.
+        """
+        if self.cfg.restart_probes and self.committed:
+            return max(self.cfg.fixed_iters, self.cfg.drift_horizon)
+        return self.cfg.fixed_iters
+
     def end_iteration(self) -> int:
         """The iteration the chain must reach under the current plan."""
-        return min(self.cfg.max_iters, max(self.cfg.min_iters, self.changed_at + self.cfg.fixed_iters))
+        return min(self.cfg.max_iters, max(self.cfg.min_iters, self.changed_at + self._stretch()))
+
+    def probe_end(self) -> int:
+        """The last iteration a probe may end at (restart_probes): after it, one chain holds."""
+        return self.cfg.max_iters - max(self.cfg.fixed_iters, self.cfg.drift_horizon) - self.cfg.check_every
 
     def last_change_allowed(self) -> int:
         return self.cfg.max_iters - self.cfg.fixed_iters
@@ -154,7 +174,14 @@ class KappaTuner(Verdict):
         if iteration < self.end_iteration():
             return False
         last = self.medians[-1] if self.medians else None
-        return last is not None and last[0] == iteration and self.accepted(last[1])
+        if last is None or last[0] != iteration or not self.accepted(last[1]):
+            return False
+        if self.cfg.restart_probes and not self.on_target(last[1]):
+            # a state at the window's edge leaves it with one frame more; the full model lengthens
+            # its syllables as it ages, so wait a while for a state nearer the aim
+            end = self.end_iteration()
+            return iteration >= end + (self.cfg.max_iters - end) // 2
+        return True
 
     # ------------------------------------------------------------------ search
     def _measure(self, iteration: int) -> float | None:
@@ -259,15 +286,25 @@ class KappaTuner(Verdict):
             # curve is kappa's effect, not the chain's ageing (a young full model lengthens its
             # syllables at any kappa: 18 x 2,330 frames, 343 to 400 ms in 20 iterations)
             self.clean_points.append((lk, math.log10(measured)))
+            self.probes.append([lk, math.log10(measured)])
+        elif self.clean and self.probes and abs(self.probes[-1][0] - lk) < 1e-12:
+            self.probes[-1][1] = math.log10(measured)
         drift = self._drift(iteration)
         heading = 10 ** (math.log10(measured) + drift)
         # judged halfway along where it is heading: the whole stretch, now to horizon, is what must fit
         judged = 10 ** (math.log10(measured) + 0.5 * drift)
-        inside = self.accepted(measured) and self.in_window(heading)
+        # a held probe in the window is corrected for a drift only when even halfway to where
+        # it heads it is out: three window means in a row one way is also what noise often does,
+        # and a correction of a settled chain is a jump of its own (across a cliff, real data)
+        inside = self.accepted(measured) and self.in_window(
+            judged if self.cfg.restart_probes and self.committed else heading)
         # inside the window, at most max_nudges corrections toward the aim: where the response is
         # flat (real full models: 0.02 decades of duration per decade of kappa) more only spend budget
+        # probes (restart_probes) that land in the window hold at once: a nudge would start again
+        # from the start, and a young probe's median is a draw, not a curve (real data, one start,
+        # one seed: 231, 480 and 673 ms at kappas 0.005 decades apart)
         if inside and (self.frozen or self.on_target(judged) or self.nudges >= self.cfg.max_nudges
-                       or not self._has_budget(iteration)):
+                       or not self._has_budget(iteration) or self.cfg.restart_probes):
             self.frozen = self.settled = True
             self._note(iteration, measured, "hold", drift)
             return None
@@ -317,8 +354,25 @@ class KappaTuner(Verdict):
                 self.high_k = None
             elif not too_short and not self.low_lasts:
                 self.low_k = None
+        if self.cfg.restart_probes and not self.committed:
+            # both sides of a bracket narrower than min_bracket set by probes at the probes' one age:
+            # at that age the median jumps across the window, and more probes would only draw again
+            cliff = (self.low_k is not None and self.high_k is not None and self.low_lasts
+                     and self.high_lasts and self.high_k - self.low_k < self.cfg.min_bracket)
+            if cliff or iteration + self.cfg.settle + self.cfg.check_every > self.probe_end():
+                # probing ends: from here one chain runs on, corrected in small steps, never restarted
+                self.committed = True
+                why = "a cliff at the probes' age" if cliff else "no time left for probes"
+                best = self._best_probe(lk, measured)
+                if best is not None:
+                    self._note(iteration, measured, f"rollback, kappa -> {10 ** best[0]:.3g} ({why}: the "
+                                                    f"best probe, {10 ** best[1]:.0f} ms, runs again and on)")
+                    return self._move(10 ** best[0], iteration, rollback=True)
+        committed = self.cfg.restart_probes and self.committed
         step = (self.center - math.log10(judged)) / self._slope(too_long=not too_short)
-        limit = 0.5 if inside else self.cfg.max_step  # inside the window: nudge toward the centre
+        # inside the window: a nudge toward the centre; a committed chain: a small step, for it goes
+        # on and a settled model follows kappa slowly if at all
+        limit = 0.5 if (inside or committed) else self.cfg.max_step
         step = max(-limit, min(limit, step))
         new = lk + step
         if self.low_k is not None and self.high_k is not None and not (self.low_k < new < self.high_k):
@@ -339,13 +393,31 @@ class KappaTuner(Verdict):
         direction = -1 if not too_short else 1
         keep = (drift != 0.0 and self.kept != direction
                 and (self.accepted(measured) or (self.settled and self._near_window(measured))))
-        rollback = ((self.cfg.restart_probes or not too_short) and not keep
+        rollback = ((self.cfg.restart_probes or not too_short) and not keep and not committed
                     and self.base_iter is not None and self.base_iter != iteration)
         # a kept chain that needs a second correction the same way did not follow the first
         self.kept = direction if keep else 0
         what = "rollback, " if rollback else ""
         self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}", drift)
         return self._move(10 ** new, iteration, rollback)
+
+    def _best_probe(self, lk: float, measured: float) -> list | None:
+        """The probe ([log10 kappa, log10 ms], by its latest check) nearer the window than the chain now.
+
+        None when no probe was: then the chain as it is runs on. Probes from one start with one
+        random key are replayable: rolling back to the start at a probe's kappa draws the same
+        young chain again, which then ages at that kappa.
+        """
+        lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
+
+        def off(p):  # decades outside the window (a chain in it runs on)
+            return max(lo - p[1], p[1] - hi, 0.0)
+
+        now = (lk, math.log10(measured))
+        best = min(self.probes, key=off, default=now)
+        if off(best) >= off(now) or self.base_iter is None:
+            return None
+        return best
 
     def _note(self, iteration: int, measured: float, action: str, drift: float = 0.0) -> None:
         if drift:
