@@ -39,6 +39,15 @@ What real chains do, and how the search copes:
   or has drifted (not jumped: within half the window's width) out of it after a hold, keeps the
   chain: a restart would be young and drift again, while the chain's own drift slows
   as it settles. A second such correction the same way restarts: the chain did not follow.
+- Probes draw. Every full-model probe starts from one state with one random key, so what a
+  young probe measures is fixed by its kappa but varies from kappa to kappa like a draw (real
+  data: 231, 480 and 673 ms at kappas 0.005 decades apart). A probe that lands in the window
+  therefore holds (a nudge would restart it and draw again); a bracket narrower than
+  ``min_bracket`` whose both sides were set by probes at the probes' age is such a cliff of
+  draws, not a response to bisect. Probing ends at the latest when there is just time left for
+  the model delivered to run ``drift_horizon`` iterations at its kappa: then the probe whose
+  latest check was nearest the window runs again from the start (the same draw) and on
+  (``committed``), corrected in steps of at most half a decade, never restarted.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
   from a clean start when it had to go down, or when the budget is spent. A duration that
