@@ -1,4 +1,4 @@
-"""Command line: ``kpms-job [run] MANIFEST``, ``validate``, ``plan``; exit codes in errors.py."""
+"""Command line: ``kpms-job [run] MANIFEST``, ``validate``, ``plan``, ``apply``; exit codes in errors.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, Usag
 
 log = logging.getLogger("kpms_job")
 
-COMMANDS = ("run", "validate", "plan")
+COMMANDS = ("run", "validate", "plan", "apply")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
@@ -35,13 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     for name, text in (("run", "run every stage that is not done yet"),
                        ("validate", "check the manifest and exit"),
-                       ("plan", "dry run: each stage, whether it would run or be skipped, and why")):
+                       ("plan", "dry run: each stage, whether it would run or be skipped, and why"),
+                       ("apply", "label new recordings with a fitted model (an apply manifest: "
+                                 "apply: {project_dir, inputs, ...})")):
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("manifest", nargs="?" if name == "plan" else None, help="manifest .yml/.yaml/.json")
         sp.add_argument("--debug", action="store_true", help="show tracebacks and keypoint-moseq's output")
-        if name == "run":
+        if name in ("run", "apply"):
             sp.add_argument("--wait", action="store_true",
                             help="if another job holds the project dir, wait for it instead of exiting")
+        if name == "run":
             sp.add_argument("--task", metavar="I|select|auto",
                             help="with restarts: fit restart I only (after the shared stages), select among "
                                  "the fitted restarts, or take I from JOB_COMPLETION_INDEX (Kubernetes "
@@ -268,6 +271,19 @@ def _fit_restarts(args, m: dict, t0: float, outcome: dict) -> int | None:
     return None
 
 
+def cmd_apply(args) -> int:
+    from . import signals
+
+    signals.install()  # first: numpy starts its BLAS threads at import (see cmd_run)
+    from .apply import manifest as apply_manifest
+    from .apply import run as apply_run
+    from .resources.machine import prepare_environment
+
+    m = apply_manifest.load(args.manifest)
+    prepare_environment({"resources": {}})  # JAX's GPU memory, before anything imports JAX
+    return apply_run.run(m, wait=args.wait)
+
+
 def cmd_run(args) -> int:
     import time
 
@@ -348,7 +364,8 @@ def _main(argv=None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_OK
-        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}[args.command](args)
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan,
+                "apply": cmd_apply}[args.command](args)
     except JobError as exc:
         if debug:
             traceback.print_exc()

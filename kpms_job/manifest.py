@@ -168,8 +168,11 @@ def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
     return problems
 
 
-def validate(data: dict, source: str | None = None) -> dict:
+def validate(data: dict, source: str | None = None, schema: dict | None = None) -> dict:
     """Validate a parsed manifest and return it with defaults filled in.
+
+    ``schema``: another manifest's schema (the apply manifest's); the checks JSON Schema cannot
+    express are the fitting manifest's and run only without it.
 
     Raises
     ------
@@ -178,7 +181,8 @@ def validate(data: dict, source: str | None = None) -> dict:
     """
     from jsonschema import Draft202012Validator
 
-    schema = load_schema()
+    semantic = schema is None
+    schema = load_schema() if schema is None else schema
     values, fatal = _value_problems(data)
     if fatal:  # a value that contains itself, or too many: the schema validator would not return
         raise ManifestError([m for _, m in values], source)
@@ -187,7 +191,8 @@ def validate(data: dict, source: str | None = None) -> dict:
     # a value the schema already rejects (fitting.full_iters: 1e400) is reported once
     rejected = {p for p, _ in found}
     found += [(p, m) for p, m in values if p not in rejected]
-    found += _semantic_problems(_fill_defaults(schema, data))
+    if semantic:
+        found += _semantic_problems(_fill_defaults(schema, data))
     problems = []
     for _, msg in sorted(found, key=lambda pm: [str(x) for x in pm[0]]):
         if msg not in problems:
