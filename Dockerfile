@@ -59,7 +59,7 @@ RUN useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sb
  && mkdir -p /data && chmod 0775 /data && chgrp 0 /data
 
 # The application last: a change to it rebuilds only these layers.
-COPY entrypoint.py manifest.schema.json /opt/kpms-job/
+COPY entrypoint.py manifest.schema.json apply.schema.json /opt/kpms-job/
 COPY kpms_job /opt/kpms-job/kpms_job
 COPY --chmod=0755 deploy/container/kpms-job-entry.sh /usr/local/bin/kpms-job-entry
 RUN echo /opt/kpms-job > /opt/venv/lib/python3.11/site-packages/kpms-job.pth \
