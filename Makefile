@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup test test-fast test-all lint demo clean image sif container-test cluster-test lock
+.PHONY: help setup test test-fast test-all lint demo apply-demo clean image sif container-test cluster-test lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -33,6 +33,9 @@ lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and h
 
 demo: setup  ## run the bundled example job
 	$(BIN)/kpms-job run examples/manifest.yml
+
+apply-demo: demo  ## apply the example's model to a recording (examples/apply.yml), with NWB files
+	$(BIN)/kpms-job apply examples/apply.yml
 
 clean:  ## remove the example's project dir
 	rm -rf examples/project
