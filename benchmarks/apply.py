@@ -39,7 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.real_data import GiB, OPENFIELD, tile_dlc_csv, tree_rss  # noqa: E402
+from benchmarks.real_data import OPENFIELD, GiB, tile_dlc_csv, tree_rss  # noqa: E402
 
 BASELINE = textwrap.dedent("""
     import sys, keypoint_moseq as kpms
