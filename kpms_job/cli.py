@@ -80,7 +80,16 @@ def _argv(argv):
 
 def cmd_validate(args) -> int:
     from . import manifest
+    from .manifest_file import read_manifest_file
 
+    data = read_manifest_file(args.manifest)
+    if isinstance(data, dict) and "apply" in data:  # an apply manifest (kpms-job apply)
+        from .apply import manifest as apply_manifest
+
+        a = apply_manifest.load(args.manifest)["apply"]
+        print(f"{args.manifest}: valid apply manifest. project_dir {a['project_dir']}, format "
+              f"{a['inputs']['format']}, {len(a['inputs']['paths'])} input pattern(s), results in applied/{a['name']}/")
+        return EXIT_OK
     m = manifest.load(args.manifest)
     print(f"{args.manifest}: valid. project_dir {m['project_dir']}, format {m['inputs']['format']}, "
           f"{len(m['inputs']['paths'])} input pattern(s)")

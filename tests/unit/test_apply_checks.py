@@ -81,3 +81,13 @@ def test_a_rerun_after_finished_batches_packs_the_rest_as_before(frames, limit, 
     k = data.draw(st.integers(0, len(batches)))
     done = {n for b in batches[:k] for n in b}
     assert run.pack({n: f for n, f in frames.items() if n not in done}, limit) == batches[k:]
+
+
+def test_validate_knows_an_apply_manifest(tmp_path, cli):
+    path = write(tmp_path, {"apply": {"project_dir": "p", "inputs": {"format": "sleap", "paths": ["a.slp"]}}})
+    code, out, _ = cli("validate", str(path))
+    assert code == 0 and "valid apply manifest" in out and "applied/apply/" in out
+    bad = write(tmp_path, {"apply": {"project_dir": "p", "inputs": {"format": "sleap", "paths": ["a.slp"]},
+                                     "fps": -1}}, "bad.yml")
+    code, _, err = cli("validate", str(bad))
+    assert code == 2 and "apply.fps" in err
