@@ -77,6 +77,18 @@ def write(m: dict, t: trained.Trained, out: Path, results: dict, st: dict, hashe
         made.append("nwb")
     fitted = K.fitted_labels(str(t.project_dir), t.model_name) if t.results.exists() else {}
     cons = consistency({n: v["syllable"] for n, v in results.items()}, fitted)
+    if cons and m["outputs"]["figures"]:
+        from ..kpms.selection import plot_confusion
+
+        both = [n for n in cons if n != "(all)"]
+        try:  # keypoint-moseq's confusion matrix: fitted labels (rows) against applied ones
+            plot_confusion({n: {"syllable": fitted[n]} for n in both},
+                           {n: {"syllable": np.asarray(results[n]["syllable"])} for n in both},
+                           out / "consistency_confusion")
+            made.append("consistency_confusion")
+        except Exception as exc:  # noqa: BLE001 - a figure that fails costs that figure only
+            failed["consistency_confusion"] = f"{type(exc).__name__}: {exc}"
+            log.warning("figure consistency_confusion failed: %s", failed["consistency_confusion"])
     stats = R.syllable_stats(results, t.fps) if results else {}
     summary = {
         "finished_at": now_iso(), "project_dir": str(t.project_dir), "model_name": t.model_name,
@@ -112,6 +124,8 @@ def markdown(s: dict) -> str:
                   "| recording | frames | same label | NMI |", "|---|---|---|---|"]
         lines += [f"| {n} | {c['frames']} | {c['same_label_fraction']:.1%} | {c['nmi']:.3f} |"
                   for n, c in s["consistency"].items()]
+        if "consistency_confusion" in s["outputs"]:
+            lines += ["", "![fitted against applied labels](consistency_confusion.png)"]
     else:
         lines.append("No applied recording was in the fit (`apply.relabel_training: true` applies the model "
                      "to the fit's recordings too, and reports the agreement here).")
