@@ -228,8 +228,9 @@ def _run_locked(m, t, files, out, lock, t0) -> int:
             got = K.apply_batch(model, {n: coords[n] for n in names}, {n: confs[n] for n in names}, config,
                                 a["num_iters"], kalman_scan_allowed(backend))
             results = {**results, **got}
-            K.write_results(res_path, results)
-            _commit(st, state_path, hashes, origin, names, results, key)
+            with signals.critical():  # a stop's forced exit waits for the batch's results and state
+                K.write_results(res_path, results)
+                _commit(st, state_path, hashes, origin, names, results, key)
             ran.append(names)
             log.info("batch %d/%d: %s (%d frames) in %.0f s", i, len(batches), ", ".join(names),
                      sum(len(coords[n]) for n in names), time.monotonic() - tb)
