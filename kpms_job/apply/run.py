@@ -210,7 +210,10 @@ def _run_locked(m, t, files, out, lock, t0) -> int:
             coords[name], confs[name] = tc[name], tf[name]
             origin[name] = TRAINING
     ran = []
-    results = K.read_results(res_path) if pending or not (out / "summary.json").exists() else None
+    # the outputs beside results.h5 (CSVs, figures, NWB, summary) are made again when their settings change
+    outputs_key = fingerprint(m["outputs"], m.get("nwb"), key)
+    fresh = (out / "summary.json").exists() and st.get("outputs") == outputs_key
+    results = K.read_results(res_path) if pending or not fresh else None
     if coords:
         model = K.load_model(str(t.project_dir), t.model_name)
         size, size_why = batch_frames(a, t, K.latent_dim(model), [len(v) for v in coords.values()])
@@ -247,8 +250,11 @@ def _run_locked(m, t, files, out, lock, t0) -> int:
         results = {n: v for n, v in results.items() if n in wanted}
         K.write_results(res_path, results)
     report.write(m, t, out, results, st, hashes, excluded, len(ran), time.monotonic() - t0)
-    print(f"done: {sum(len(b) for b in ran)} recording(s) applied in {len(ran)} batch(es), "
-          f"{time.monotonic() - t0:.0f} s. Results: {out}/summary.md")
+    st["outputs"] = outputs_key
+    atomic_write_text(state_path, json.dumps(st, indent=1, sort_keys=True))
+    what = (f"{sum(len(b) for b in ran)} recording(s) applied in {len(ran)} batch(es)" if ran else
+            "no recording needed applying; the outputs were made again (their settings changed)")
+    print(f"done: {what}, {time.monotonic() - t0:.0f} s. Results: {out}/summary.md")
     return 0
 
 
