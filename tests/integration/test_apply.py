@@ -121,6 +121,11 @@ def test_rerun_is_a_no_op_and_a_new_file_is_applied_alone(fitted, tmp_path):
     assert "1 done, 1 to apply" in grown.stderr and "batch 1/1: second " in grown.stderr, grown.stderr[-3000:]
     after = labels(res)
     assert set(after) == {"first", "second"} and np.array_equal(after["first"], before["first"])
+    m = apply_manifest(tmp_path, fitted, [first, second], name="grow", top={"outputs": {"nwb": True}, "nwb": META})
+    more = run_job("apply", m)  # new output settings: the outputs are made again, nothing is applied
+    assert more.returncode == 0 and "no recording needed applying" in more.stdout, more.stderr[-2000:]
+    assert (res.parent / "nwb" / "second.nwb").exists()
+    assert all(np.array_equal(after[k], v) for k, v in labels(res).items())
 
 
 def test_a_kill_between_batches_loses_only_the_batch_in_flight(fitted, tmp_path):
