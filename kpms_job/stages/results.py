@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-TITLE = "results.h5, per-recording CSVs and NWB files"
+TITLE = "results.h5, CSVs and NWB files"
 DEPS = ("ingest", "reindex")
 READS = ("model.name", "outputs.csv", "outputs.nwb", "nwb")
 OUTPUTS = ("{model}/results.h5", "{model}/results", "{model}/nwb")
