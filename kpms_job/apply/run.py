@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import faults, inputs, signals
-from ..errors import Interrupted
+from ..errors import InputDataError, Interrupted
 from ..state import ProjectLock, atomic_write_text, fingerprint, hash_file, now_iso, state_dir
 from . import report, trained
 
@@ -97,28 +97,16 @@ def batch_frames(a: dict, t: trained.Trained, latent_dim: int, lengths: list[int
 
 
 def _load_new(m: dict, t: trained.Trained, files: list[str]):
-    """Read the pending files and check each against the model: (coords, confs, origin, recordings)."""
-    from ..kpms import io
+    """Read the pending files and check each against the model: (coords, confs, origin)."""
+    from ..stages.ingest import read_file
 
     a = m["apply"]
-    fmt = a["inputs"]["format"]
     coords, confs, origin = {}, {}, {}
     for path in files:
-        try:
-            c, f, bps = io.load_file(path, fmt, a["inputs"]["exclude_individuals"])
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a data problem here
-            if getattr(exc, "exit_code", None):
-                raise
-            from ..errors import InputDataError
-
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputDataError(f"{path}: could not be read as apply.inputs.format '{fmt}' "
-                                 f"({type(exc).__name__}: {text})") from exc
+        c, f, bps = read_file(path, a["inputs"]["format"], a["inputs"]["exclude_individuals"], "apply.inputs.format")
         idx = trained.match_bodyparts(t, path, bps, c)
         for name in c:
             if name in origin:
-                from ..errors import InputDataError
-
                 raise InputDataError(f"{path}: recording name '{name}' is also produced by {origin[name]}; "
                                      "rename one of the files (recording names come from file names)")
             coords[name] = np.asarray(c[name], dtype=float)[:, idx]
@@ -127,19 +115,18 @@ def _load_new(m: dict, t: trained.Trained, files: list[str]):
     return coords, confs, origin
 
 
-def _excluded(t: trained.Trained, coords: dict, confs: dict) -> dict[str, str]:
+def _excluded(t: trained.Trained, coords: dict) -> dict[str, str]:
     """The fit's own rules (preprocessing.max_nan_fraction, min_frames) applied to the new recordings."""
+    from ..stages.ingest import why_excluded
+
     pre = t.manifest.get("preprocessing") or {}
-    max_nan, min_frames = pre.get("max_nan_fraction", 1.0), pre.get("min_frames", 0)
     use_idx = [t.bodyparts.index(b) for b in t.use]
     out = {}
     for name, xy in coords.items():
-        sel = xy[:, use_idx]
-        nan = float(np.isnan(sel).any(-1).mean()) if len(sel) else 1.0
-        if nan > max_nan:
-            out[name] = f"{nan:.0%} of its keypoint positions are missing, above the fit's max_nan_fraction {max_nan}"
-        elif len(sel) < min_frames:
-            out[name] = f"{len(sel)} frames, fewer than the fit's min_frames {min_frames}"
+        why = why_excluded(xy[:, use_idx], pre.get("max_nan_fraction", 1.0), pre.get("min_frames", 0),
+                           "the fit's ")
+        if why:
+            out[name] = why
     return out
 
 
@@ -188,7 +175,7 @@ def _run_locked(m, t, files, out, lock, t0) -> int:
              len(done), len(pending))
 
     coords, confs, origin = _load_new(m, t, [f for f in pending if f != TRAINING])
-    excluded = _excluded(t, coords, confs)
+    excluded = _excluded(t, coords)
     for name, why in excluded.items():
         log.warning("excluded %s (%s): %s", name, origin[name], why)
         coords.pop(name), confs.pop(name)
@@ -201,8 +188,6 @@ def _run_locked(m, t, files, out, lock, t0) -> int:
         tc, tf, _ = arrays.load(t.project_dir / ".kpms-job" / "preprocessed.npz")
         for name in tc:  # the fit's own arrays, outliers already removed
             if name in origin:
-                from ..errors import InputDataError
-
                 raise InputDataError(
                     f"{origin[name]}: its recording '{name}' is one the model was fitted on, which "
                     "apply.relabel_training applies already; drop the file from apply.inputs, or set "

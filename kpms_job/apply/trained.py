@@ -33,7 +33,7 @@ class Trained:
     posterior: list
     versions: dict
     manifest: dict  # the fit's resolved manifest
-    recordings: list  # the recordings the model was fitted on
+    dims: int  # 2 or 3: the keypoints the model was fitted on (0: not known)
     config: dict = field(repr=False, default_factory=dict)
     summary: dict = field(repr=False, default_factory=dict)  # the fit's summary.json
 
@@ -69,7 +69,7 @@ def read(project_dir: str, model: str | None) -> Trained:
                    bodyparts=list(config["bodyparts"]), use=list(config["use_bodyparts"]),
                    anterior=list(config["anterior_bodyparts"]), posterior=list(config["posterior_bodyparts"]),
                    versions=dict(s.get("versions") or {}), manifest=dict(s.get("manifest") or {}),
-                   recordings=sorted((s.get("recordings") or {}).get("used", {})), config=config, summary=s)
+                   dims=_dims_of_fit(project), config=config, summary=s)
 
 
 def installed_versions() -> dict:
@@ -115,11 +115,10 @@ def match_bodyparts(t: Trained, path: str, bodyparts: list, coords: dict) -> lis
             f"{path}: the model has bodyparts {t.bodyparts}, but this file has {list(bodyparts)}: it lacks "
             f"{', '.join(roles)}. Apply the model only to recordings tracked with the same keypoints "
             "(same names), or fit a model on these")
-    dims = {int(next(iter(coords.values())).shape[-1])} if coords else set()
-    want = int(t.config.get("keypoint_dims") or 0) or _dims_of_fit(t)
-    if want and dims and dims != {want}:
+    dims = {int(v.shape[-1]) for v in coords.values()}
+    if t.dims and dims and dims != {t.dims}:
         raise InputDataError(
-            f"{path}: the model was fitted on {want}-D keypoints, but this file has {dims.pop()}-D ones; "
+            f"{path}: the model was fitted on {t.dims}-D keypoints, but this file has {dims.pop()}-D ones; "
             "apply a model only to keypoints of its own dimensions")
     return [list(bodyparts).index(b) for b in t.bodyparts]
 
@@ -129,11 +128,11 @@ def _roles(t: Trained, bodypart: str) -> str:
     return ", ".join(role for role, names in named if bodypart in names) or "not used"
 
 
-def _dims_of_fit(t: Trained) -> int:
+def _dims_of_fit(project: Path) -> int:
     """2 or 3: the dimensions of the keypoints the model was fitted on (from the fit's own arrays)."""
     import numpy as np
 
-    path = t.project_dir / ".kpms-job" / "keypoints.npz"
+    path = project / ".kpms-job" / "keypoints.npz"
     if not path.exists():
         return 0
     with np.load(path) as z:

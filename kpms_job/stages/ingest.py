@@ -27,23 +27,39 @@ READS = ("inputs.format", "inputs.exclude_individuals",
 OUTPUTS = ("config.yml", ".kpms-job/keypoints.npz")
 
 
-def _load_all(m):
+def read_file(path: str, fmt: str, exclude_individuals, field: str = "inputs.format"):
+    """One tracking file: (coords, confs, bodyparts); any loader failure is a data error naming the file."""
     from ..kpms import io
 
+    try:
+        return io.load_file(path, fmt, exclude_individuals)
+    except InputDataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a data problem here
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputDataError(
+            f"{path}: could not be read as {field} '{fmt}' ({type(exc).__name__}: {text}). "
+            f"Check that the file is complete and that {field} matches how it was made.") from exc
+
+
+def why_excluded(sel: np.ndarray, max_nan_fraction: float, min_frames: int, where: str) -> str | None:
+    """Why a recording (its used keypoints) is left out, or None; ``where`` names the settings."""
+    frames = sel.shape[0]
+    nan_frac = float(np.isnan(sel).any(axis=-1).mean()) if frames else 1.0
+    if nan_frac > max_nan_fraction:
+        return f"{nan_frac:.0%} of its keypoint positions are missing, above {where}max_nan_fraction {max_nan_fraction}"
+    if frames < min_frames:
+        return f"{frames} frames, fewer than {where}min_frames {min_frames}"
+    return None
+
+
+def _load_all(m):
     fmt = m["inputs"]["format"]
     coords, confs, origin = {}, {}, {}
     bodyparts = None
     first_file = None
     for path in inputs.expand(m):
-        try:
-            c, f, bps = io.load_file(path, fmt, m["inputs"]["exclude_individuals"])
-        except InputDataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a data problem here
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputDataError(
-                f"{path}: could not be read as inputs.format '{fmt}' ({type(exc).__name__}: {text}). "
-                "Check that the file is complete and that inputs.format matches how it was made.") from exc
+        c, f, bps = read_file(path, fmt, m["inputs"]["exclude_individuals"])
         if bodyparts is None:
             bodyparts, first_file = bps, path
         elif list(bps) != list(bodyparts):
@@ -142,11 +158,9 @@ def run(ctx):
         low_conf = float((np.asarray(confs[name])[:, use_idx] < pre["conf_threshold"]).mean()) if frames else 1.0
         recordings[name] = {"file": origin[name], "frames": int(frames),
                             "nan_fraction": round(nan_frac, 4), "low_confidence_fraction": round(low_conf, 4)}
-        if nan_frac > pre["max_nan_fraction"]:
-            excluded[name] = (f"{nan_frac:.0%} of its keypoint positions are missing, above "
-                              f"preprocessing.max_nan_fraction {pre['max_nan_fraction']}")
-        elif frames < pre["min_frames"]:
-            excluded[name] = f"{frames} frames, fewer than preprocessing.min_frames {pre['min_frames']}"
+        why = why_excluded(sel, pre["max_nan_fraction"], pre["min_frames"], "preprocessing.")
+        if why:
+            excluded[name] = why
     for name, why in excluded.items():
         log.warning("excluded %s (%s): %s", name, origin[name], why)
     kept = [n for n in sorted(coords) if n not in excluded]

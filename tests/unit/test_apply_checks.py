@@ -45,8 +45,7 @@ def test_a_fitting_manifest_given_to_apply_says_so(tmp_path):
 
 def fitted(**kw):
     base = dict(project_dir=Path("/p"), model_name="m", fps=30.0, bodyparts=["nose", "ear", "tail"],
-                use=["nose", "tail"], anterior=["nose"], posterior=["tail"], versions={}, manifest={},
-                recordings=[], config={"keypoint_dims": 2})
+                use=["nose", "tail"], anterior=["nose"], posterior=["tail"], versions={}, manifest={}, dims=2)
     base.update(kw)
     return trained.Trained(**base)
 
