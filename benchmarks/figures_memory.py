@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         base = run_child([sys.executable, __file__, "--baseline", str(project), grid, "0"], cap_gib=a.cap_gib)
         steps = [json.loads(ln)["steps_mib"] for ln in base["out"].splitlines() if ln.startswith('{"steps_mib"')]
         row = {"frames": 2330 * tiles, "tiles": tiles, "grid": grid,
-               "movies": len(list(movies.glob("syllable*.mp4"))),
+               "movies": len(list(movies.glob("syllable*.webm"))),
                "job_figures_stage_peak_mib": stage["peak_mib"], "job_figures_stage_s": stage["seconds"],
                "job_rc": stage["rc"],
                "baseline_peak_mib": (f">{a.cap_gib * 1024:.0f} (killed)" if base["killed_at_cap"]

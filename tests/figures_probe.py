@@ -90,7 +90,7 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"baseline_mib": round(base, 1), "peak_mib": round(peak, 1), "growth_mib": round(peak - base, 1),
-                      "movies": len(list(out.glob("syllable*.mp4"))), "seconds": round(seconds, 1)}))
+                      "movies": len(list(out.glob("syllable*.webm"))), "seconds": round(seconds, 1)}))
 
 
 if __name__ == "__main__":

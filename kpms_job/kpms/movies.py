@@ -19,15 +19,16 @@ uint8 frames, and each grid frame goes straight to ``cv2.VideoWriter`` (OpenCV's
 FFmpeg libraries, in this process: no fork, no ffmpeg executable). Memory holds one grid
 frame, whatever the recording length.
 
-Files land where keypoint-moseq writes them, ``<project>/<model>/grid_movies/syllable<N>.mp4``.
-Each movie is written to ``syllable<N>.tmp.mp4`` and renamed when complete; a rerun on the
+Files land where keypoint-moseq writes them, ``<project>/<model>/grid_movies/syllable<N>.webm``.
+Each movie is written to ``syllable<N>.tmp.webm`` and renamed when complete; a rerun on the
 same results skips syllables whose movie exists and redoes a partial one. A marker file
 (``.kpms-job-grid.json``) holds a hash of the results and settings the movies were made
-from: when it differs (new results), the old ``syllable*.mp4`` are removed first.
+from: when it differs (new results, another codec), the old movies are removed first.
 
-The codec is MPEG-4 Part 2 (``mp4v``), the one OpenCV's wheels can write (they ship no
-H.264 encoder): it plays in VLC, mpv, QuickTime, ffmpeg and most desktop players, but not
-in web browsers (keypoint-moseq's imageio movies are H.264).
+The format is WebM with VP8: OpenCV's wheels ship no H.264 encoder, and of what they can
+write only VP8/VP9 play in web browsers (the project's report.html shows the movies), as in
+VLC, mpv and ffmpeg; MPEG-4 Part 2 (``mp4v``, used before) plays in no browser. VP8 encodes
+about twice as fast as VP9 here (1.3 s against 2.4 s for 200 frames of 768x512).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ DOT_RADIUS, DOT_COLOR = 4, (255, 255, 255)
 MAX_VIDEO_SIZE = 1920
 KEYPOINT_COLORMAP = "autumn"
 MARKER = ".kpms-job-grid.json"
-FOURCC = "mp4v"
+FOURCC = "VP80"
+EXT = ".webm"
 
 
 class _Tile:
@@ -204,7 +206,7 @@ def write_movie(p: dict, instances, path: Path) -> None:
     rows, cols, s = p["rows"], p["cols"], p["scaled_window_size"]
     n_frames = p["before"] + p["after"]
     plot_options = {"keypoint_colormap": KEYPOINT_COLORMAP}
-    tmp = path.with_name(path.stem + ".tmp.mp4")
+    tmp = path.with_name(path.stem + ".tmp" + EXT)
     tiles = []
     writer = None
     try:
@@ -255,17 +257,17 @@ def write_grid_movies(results, project_dir, model_name, coordinates, config, vid
         old = json.loads(marker.read_text()).get("key")
     except (OSError, ValueError, AttributeError):
         old = None
-    for f in out.glob("syllable*.tmp.mp4"):
+    for f in out.glob("syllable*.tmp.*"):
         f.unlink()
     if old != p["key"]:
-        for f in out.glob("syllable*.mp4"):
+        for f in [*out.glob("syllable*.mp4"), *out.glob("syllable*.webm")]:
             f.unlink()
         tmp = marker.with_name(marker.name + ".tmp")
         tmp.write_text(json.dumps({"key": p["key"], "grid": [p["rows"], p["cols"]]}))
         os.replace(tmp, marker)
     written, skipped = [], []
     for syllable, instances in p["sampled"].items():
-        path = out / f"syllable{int(syllable)}.mp4"
+        path = out / f"syllable{int(syllable)}{EXT}"
         if path.exists():
             skipped.append(int(syllable))
             continue

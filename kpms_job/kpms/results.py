@@ -81,7 +81,7 @@ def plot_dendrogram(coords, results, project_dir, model_name, config):
 
 
 def grid_movies(results, project_dir, model_name, coords, config, video_dir=None) -> int:
-    """Grid movies per syllable, in ``<project>/<model>/grid_movies/syllable<N>.mp4``.
+    """Grid movies per syllable, in ``<project>/<model>/grid_movies/syllable<N>.webm``.
 
     Written by :mod:`kpms_job.kpms.movies` one syllable at a time, one frame at a time, in this
     process (keypoint-moseq's ``generate_grid_movies`` holds whole movies as float64 and forks

@@ -208,7 +208,7 @@ def test_example_job_runs_in_the_image_as_an_arbitrary_uid(container, image, tmp
     assert set(labels) == set(summary["recordings"]["used"])
     assert all(len(v) == summary["frames"] for v in labels.values())
     assert results.stat().st_uid == UID, "outputs must belong to the job's UID"
-    assert list((project / "kpms_job" / "grid_movies").glob("*.mp4")), "no grid movie (ffmpeg in the image?)"
+    assert list((project / "kpms_job" / "grid_movies").glob("*.webm")), "no grid movie (ffmpeg in the image?)"
 
     # As an arbitrary UID the job could write only to the data mount and /tmp: nothing else in
     # the image belongs to that UID afterwards (what readOnlyRootFilesystem would enforce).
