@@ -17,6 +17,9 @@ FROM ${BASE_IMAGE}
 ARG JAX=cuda12
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
+# the name the image is built as (make image passes it); with the revision it goes into
+# /opt/kpms-job/image.json, which each run's report.html and summary.json quote
+ARG IMAGE_NAME=kpms-job
 ARG BASE_IMAGE
 
 LABEL org.opencontainers.image.title="kpms-job" \
@@ -65,6 +68,8 @@ COPY --chmod=0755 deploy/container/kpms-job-entry.sh /usr/local/bin/kpms-job-ent
 RUN echo /opt/kpms-job > /opt/venv/lib/python3.11/site-packages/kpms-job.pth \
  && printf '#!/bin/sh\nexec /usr/local/bin/kpms-job-entry "$@"\n' > /usr/local/bin/kpms-job \
  && chmod 0755 /usr/local/bin/kpms-job \
+ && printf '{"image": "%s", "version": "%s", "revision": "%s", "jax": "%s", "built": "%s"}\n' \
+        "${IMAGE_NAME}" "${VERSION}" "${VCS_REF}" "${JAX}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > /opt/kpms-job/image.json \
  && python -m compileall -q /opt/kpms-job/kpms_job \
  && kpms-job --version
 

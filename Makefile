@@ -47,6 +47,7 @@ JAX ?= cuda12
 BASE_IMAGE ?=
 ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah)
 BUILD_ARGS = --build-arg JAX=$(JAX) --build-arg VCS_REF=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+	--build-arg IMAGE_NAME=$(IMAGE):$(TAG) \
 	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE))
 
 image:  ## build the image (JAX=cpu for CPU JAX; ENGINE=docker|buildah; BASE_IMAGE=... to replace the base)

@@ -6,6 +6,8 @@
 #                          (no Docker engine and no container registry here)
 #   slurmctld/slurmd/munge a single-node Slurm cluster (deploy/slurm/ci-cluster.sh configures
 #                          and starts it; tests/cluster/test_slurm.py runs that script in CI)
+#   chromium + its driver  headless Chromium, which tests/integration/test_report.py drives
+#                          (selenium) to open a real run's report.html
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -15,7 +17,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PKGS=(buildah debootstrap uidmap slirp4netns fuse-overlayfs
-      slurmctld slurmd slurm-client munge)
+      slurmctld slurmd slurm-client munge
+      chromium chromium-driver)
 
 missing=()
 for p in "${PKGS[@]}"; do

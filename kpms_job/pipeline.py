@@ -296,6 +296,17 @@ def in_part(d: Decision, part) -> bool:
     return d.restart == part
 
 
+class _Warnings(logging.Handler):
+    """The warnings a stage logs while it runs."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> bool:
     """Run one stage and record it in ``state``; False when a stop was requested first."""
     st = d.stage
@@ -305,6 +316,8 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
     watchdog.progress(f"stage-start:{st.name}")
     faults.point(f"stage-start:{st.name}")
     t0 = time.monotonic()
+    warned = _Warnings()
+    log.addHandler(warned)
     try:
         info = st.module.run(ctx) or {}
     except OSError as exc:
@@ -312,6 +325,10 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
         if out is None:
             raise
         raise out from exc
+    finally:
+        log.removeHandler(warned)
+    if warned.messages:  # kept with the stage's result: the report lists them after a rerun skips it
+        info["warnings"] = warned.messages
     declared = st.output_paths(ctx.m, None if st is SELECT else ctx.model_name)
     undeclared = [o for o in info.setdefault("outputs", declared) if o not in declared]
     if undeclared:  # the declaration is what a rerun checks for: it must name them

@@ -256,8 +256,9 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
                     last_plot = time.monotonic()
                     try:
                         with quiet():
-                            kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
-                                               savefig=True, fps=fps)
+                            fig, _ = kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
+                                                    savefig=True, fps=fps)
+                        fig.savefig(path.with_name("fitting_progress.png"), dpi=100)  # for the report
                     except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
                         log.debug("progress plot failed: %s", exc)
             if done or stopping:

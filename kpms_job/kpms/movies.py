@@ -33,10 +33,12 @@ about twice as fast as VP9 here (1.3 s against 2.4 s for 200 frames of 768x512).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -201,6 +203,20 @@ def plan(results, coordinates, config, *, video_dir=None, grids=GRIDS, seed=0):
             "key": _results_key(syllables, centroids, headings, coordinates, settings)}
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null: OpenCV's FFmpeg backend prints from C, past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def write_movie(p: dict, instances, path: Path) -> None:
     """Write one syllable's grid movie to ``path``, one grid frame at a time (tmp name, then rename)."""
     rows, cols, s = p["rows"], p["cols"], p["scaled_window_size"]
@@ -217,7 +233,8 @@ def write_movie(p: dict, instances, path: Path) -> None:
                                window_size=p["window_size"], scaled_window_size=s, before=p["before"],
                                after=p["after"], edges=p["edges"], plot_options=plot_options,
                                video_frame_indexes=p["video_frame_indexes"], use_dims=[0, 1]))
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), p["fps"], (cols * s, rows * s))
+        with _stderr_silenced():  # FFmpeg's "tag 'VP80' is not supported ... webm" is harmless: it picks VP8
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), p["fps"], (cols * s, rows * s))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write {tmp} (codec {FOURCC})")
         grid = np.zeros((rows * s, cols * s, 3), np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .common import kpms, quiet
@@ -84,5 +86,6 @@ def pca_variance(pca, dims: int) -> float:
 
 def plot_pca(pca, config, project_dir):
     with quiet():
-        kpms.plot_scree(pca, project_dir=project_dir)
+        fig = kpms.plot_scree(pca, project_dir=project_dir)
+        fig.savefig(os.path.join(project_dir, "pca_scree.png"), dpi=150)  # the report shows PNGs
         kpms.plot_pcs(pca, project_dir=project_dir, interactive=False, **config)

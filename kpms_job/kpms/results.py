@@ -53,7 +53,9 @@ def syllable_stats(results, fps: float) -> dict:
     freqs = np.bincount(allz) / len(allz)
     return {"median_duration_ms": float(np.median(durs)) * 1000.0 / fps,
             "syllables_over_0_5pct": int(np.sum(freqs > 0.005)),
-            "syllables_used": int(np.sum(freqs > 0))}
+            "syllables_used": int(np.sum(freqs > 0)),
+            # fraction of frames per syllable (reindexed: most frequent first), for the report
+            "frame_fractions": [round(float(f), 6) for f in freqs]}
 
 
 # --------------------------------------------------------------------------- figures

@@ -14,7 +14,7 @@ MIN_LATENT_DIM = 2
 TITLE = "PCA, scree and PC figures"
 DEPS = ("ingest", "outliers")
 READS = ("pca.latent_dim", "pca.variance_explained")
-OUTPUTS = ("pca.p", "pca_scree.pdf")
+OUTPUTS = ("pca.p", "pca_scree.pdf", "pca_scree.png")
 
 
 def run(ctx):
@@ -51,4 +51,5 @@ def run(ctx):
     project.update_config(pd, latent_dim=int(latent_dim))
     project.plot_pca(pca, project.load_config(pd), pd)
     log.info("latent_dim %d (%s) explains %.1f%% of pose variance", latent_dim, how, 100 * explained)
-    return {"latent_dim": int(latent_dim), "variance_explained": round(explained, 4), "chosen_by": how}
+    return {"latent_dim": int(latent_dim), "variance_explained": round(explained, 4), "chosen_by": how,
+            "variance_ratio": [round(float(v), 5) for v in pca.explained_variance_ratio_]}

@@ -1,18 +1,22 @@
-"""summary.json and a readable summary.md in the project dir."""
+"""summary.json, a readable summary.md and report.html (kpms_job/report) in the project dir."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
+import sys
 from pathlib import Path
 
 from ..state import atomic_write_text, now_iso
 
-TITLE = "summary.json and summary.md"
+TITLE = "summary files and report.html"
 DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")  # with restarts: select for the fits
 # targets: the summary judges the median against the window, tuned or not. The resolved manifest
 # it embeds records the run that last wrote it: an edit that no stage reads does not rewrite it.
 READS = ("model.name", "targets.median_duration_ms")
-OUTPUTS = ("summary.json", "summary.md")
+OUTPUTS = ("summary.json", "summary.md", "report.html")
 
 
 def build(ctx) -> dict:
@@ -45,6 +49,7 @@ def build(ctx) -> dict:
         "restarts": _restarts(ctx),
         "figures": {"made": figs.get("made", []), "failed": figs.get("failed", {})},
         "versions": ctx.versions,
+        "provenance": provenance(ctx),
         "seconds_per_stage": {name: (ctx.state.stage(name) or {}).get("seconds")
                               for name in ctx.stage_names if name != "summary"},
         "manifest": ctx.m,
@@ -82,7 +87,7 @@ def _restart_lines(r: dict) -> list[str]:
 def markdown(s: dict) -> str:
     lo, hi = s["target_median_duration_ms"]
     lines = [
-        "# kpms-job summary", "",
+        "# kpms-job summary", "", "The full report, with every figure and grid movie: [report.html](report.html).", "",
         f"Project `{s['project_dir']}`, model `{s['model_name']}`, finished {s['finished_at']}.", "",
         "| | |", "|---|---|",
         f"| recordings used | {len(s['recordings']['used'])} |",
@@ -127,8 +132,119 @@ def markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
+def provenance(ctx) -> dict:
+    """Where and how this run ran: the image (baked in at build time), the machine, the command."""
+    from ..resources import machine as M
+
+    image = None
+    baked = Path(__file__).resolve().parents[2] / "image.json"  # /opt/kpms-job/image.json in the image
+    if baked.is_file():
+        image = json.loads(baked.read_text())
+    found = M.detect()
+    if found.gpus:
+        where = "; ".join(f"{g.kind or g.name}, {g.total / 2**30:.0f} GiB" for g in found.gpus)
+        driver = M.driver_version()
+        where = f"{where} (NVIDIA driver {driver or 'unknown'})"
+    else:
+        where = f"CPU: {_cpu_name()}, {os.cpu_count()} cores"
+    where += f"; {found.ram_total / 2**30:.0f} GiB memory ({found.ram_source}); JAX on the {found.backend.upper()}"
+    seeds = {"model.seed": ctx.m["model"]["seed"]}
+    sel = ctx.info("select")
+    if sel:
+        seeds["restarts"] = [r["seed"] for r in sel["restarts"]]
+    return {"image": image, "machine": where, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "python": platform.python_version(), "seeds": seeds}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def report_context(ctx, s: dict) -> dict:
+    """What report.html shows: the summary, and the figure and movie files that exist."""
+    from .. import report
+
+    pd, name, arhmm = ctx.project_dir, ctx.model_name, ctx.arhmm_name
+    made = set(s["figures"]["made"])
+    missing: list[str] = []
+
+    def files(paths, expected=True):
+        have, lost = report.existing(pd, paths)
+        if expected:
+            missing.extend(lost)
+        return have
+
+    def glob(pattern):
+        return sorted((str(p.relative_to(pd)) for p in pd.glob(pattern)), key=_natural)
+
+    figures = {
+        "pca": files(["pca_scree.png"]),
+        "outliers": glob("QA/plots/**/*.png"),
+        "kappa": files([f"{arhmm}/kappa_trace.png", f"{name}/kappa_trace.png"], expected=False),
+        "progress": files([f"{arhmm}/fitting_progress.png", f"{name}/fitting_progress.png"]),
+        "syllables": files([f"{name}/{stem}.png" for stem in
+                            ("syllable_frequencies", "duration_distribution", "similarity_dendrogram")
+                            if stem in made]),
+        "restarts": files((s.get("restarts") or {}).get("figures", [])),
+    }
+    ratios = ctx.info("pca").get("variance_ratio") or []
+    variance, total = [], 0.0
+    for k, r in enumerate(ratios[:max(10, s["latent_dim"])], 1):
+        total += r
+        variance.append((k, total))
+    names = ctx.info("analysis").get("syllable_names") or {}
+    logs = sorted((pd / ".kpms-job" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
+    return {
+        "s": s, "figures": figures, "missing": missing, "variance": variance,
+        "interpolated": ctx.info("outliers").get("interpolated_keypoints", {}),
+        "rank_fit": report.rank_frequency_fit(ctx.info("results").get("frame_fractions") or []),
+        "trajectories": glob(f"{name}/trajectory_plots/*.png"),
+        "movies": glob(f"{name}/grid_movies/syllable*.webm") if ctx.m["outputs"]["grid_movies"] else [],
+        "groups": _groups(ctx, pd), "syllable_names": names,
+        "warnings": _warnings(ctx), "provenance": s["provenance"],
+        "log": str(logs[-1].relative_to(pd)) if logs else None,
+    }
+
+
+def _natural(text: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _groups(ctx, pd: Path) -> dict | None:
+    from .. import report
+
+    info = ctx.info("analysis")
+    if not info.get("groups"):
+        return None
+    f = info.get("files", {})
+    tables = [f[k] for k in ("moseq_df", "stats_df") if f.get(k)] + list(f.get("transition_matrices", []))
+    return {"groups": info["groups"], "tables": report.existing(pd, tables)[0],
+            "stats": report.existing(pd, f.get("syllable_stats", []))[0],
+            "transitions": report.existing(pd, f.get("transition_graphs", []))[0],
+            "failed": info.get("failed", {})}
+
+
+def _warnings(ctx) -> dict:
+    """The warnings each stage logged when it last ran (kept in its state record)."""
+    out = {}
+    for name in ctx.stage_names:
+        msgs = ctx.info(name).get("warnings") if name != "summary" else None
+        if msgs:
+            out[name] = msgs
+    return out
+
+
 def run(ctx):
+    from .. import report
+
     s = build(ctx)
     atomic_write_text(ctx.project_dir / "summary.json", json.dumps(s, indent=2, default=str))
     atomic_write_text(ctx.project_dir / "summary.md", markdown(s))
+    atomic_write_text(ctx.project_dir / "report.html", report.render(report_context(ctx, s)))
     return {"in_target_window": s["in_target_window"]}

@@ -273,7 +273,7 @@ def test_a_stage_records_its_declared_outputs_and_may_not_report_others(job, mon
     state = JobState(m["project_dir"])
     pipeline.run(m, state)
     assert state.stage("reindex")["info"]["outputs"] == ["kpms_job/checkpoint.h5"]
-    assert state.stage("summary")["info"]["outputs"] == ["summary.json", "summary.md"]
+    assert state.stage("summary")["info"]["outputs"] == ["summary.json", "summary.md", "report.html"]
     monkeypatch.setattr(pipeline.BY_NAME["results"].module, "run", lambda ctx: {"outputs": ["kpms_job/extra.csv"]})
     state.forget_stage("results")
     with pytest.raises(RuntimeError, match=r"results wrote \['kpms_job/extra.csv'\].*OUTPUTS"):
