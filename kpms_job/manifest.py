@@ -227,6 +227,8 @@ def tuning_settings(m: dict) -> dict | None:
     t = m.get("tuning", {})
     if t in ("off", False):
         return None
+    if t in ("on", True):  # YAML reads a bare `on` as true
+        t = {}
     schema = load_schema()["properties"]["tuning"]["oneOf"][1]
     t = _fill_defaults(schema, t)
     return t if t.get("enabled", True) else None
