@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup test test-fast test-all lint demo apply-demo clean image sif container-test cluster-test lock
+.PHONY: help setup test test-fast test-all lint docs demo apply-demo clean image sif container-test cluster-test lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -30,6 +30,9 @@ lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and h
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+
+docs: setup  ## regenerate docs/manifest.md (the manifest reference) from the schemas
+	$(BIN)/python tools/manifest_docs.py
 
 demo: setup  ## run the bundled example job
 	$(BIN)/kpms-job run examples/manifest.yml

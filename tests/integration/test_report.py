@@ -16,7 +16,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from jobs import ROOT, run_job, tiny_manifest
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import yaml
-
 from jobs import ROOT
+
 from kpms_job import manifest as M
 
 KEY = re.compile(r"\{(\w+):")
