@@ -69,14 +69,14 @@ endif
 
 sif: image  ## Apptainer image kpms-job.sif from the image (apptainer.def)
 ifeq ($(ENGINE),docker)
-	apptainer build --force kpms-job.sif apptainer.def
+	apptainer build --force --notest kpms-job.sif apptainer.def
 else
 	mkdir -p build
 	rm -f build/kpms-job.tar
 	buildah push $(IMAGE):$(TAG) docker-archive:build/kpms-job.tar:$(IMAGE):$(TAG)
 	sed -e 's|^Bootstrap:.*|Bootstrap: docker-archive|' -e 's|^From:.*|From: build/kpms-job.tar|' \
 		apptainer.def > build/apptainer.def
-	apptainer build --force kpms-job.sif build/apptainer.def
+	apptainer build --force --notest kpms-job.sif build/apptainer.def
 endif
 
 container-test: setup  ## build the Dockerfile (CPU JAX, local bookworm base) with buildah and run the example in it

@@ -1,4 +1,4 @@
-"""Command line: ``kpms-job [run] MANIFEST``, ``validate``, ``plan``, ``apply``; exit codes in errors.py."""
+"""Command line: ``kpms-job [run] MANIFEST``, validate, plan, apply, selftest; exit codes in errors.py."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, Usag
 
 log = logging.getLogger("kpms_job")
 
-COMMANDS = ("run", "validate", "plan", "apply")
+COMMANDS = ("run", "validate", "plan", "apply", "selftest")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
 window (results are written), 73 project dir not writable or full, 75 interrupted (a signal, or
 the project dir taken over by another job): rerun to continue,
 76 stalled (no progress within KPMS_JOB_WATCHDOG_S, default 600; stacks logged): rerun to continue,
-77 busy: another job holds the project dir, nothing was done (retry later, or --wait)"""
+77 busy: another job holds the project dir, nothing was done (retry later, or --wait),
+78 selftest failed (the GPU is missing or unusable, or the test fit failed)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
                             help="with --frames: plan for a GPU or a CPU (default: this machine); "
                                  "--device gpu without a GPU here needs --budget-gb, the GPU's memory")
+    text = ("check this machine or image: versions, the GPU and driver, the devices JAX sees, and a "
+            "few-iteration fit on bundled data (exit 78 when something fails)")
+    sp = sub.add_parser("selftest", help=text, description=text)
+    sp.add_argument("--require-gpu", action="store_true",
+                    help="fail without a usable GPU (the default where JAX has its CUDA plugin)")
+    sp.add_argument("--cpu", action="store_true", help="test on the CPU even where JAX has its CUDA plugin")
     return p
 
 
@@ -373,6 +380,10 @@ def _main(argv=None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_OK
+        if args.command == "selftest":
+            from . import selftest
+
+            return selftest.run(require_gpu=args.require_gpu, cpu=args.cpu)
         return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan,
                 "apply": cmd_apply}[args.command](args)
     except JobError as exc:

@@ -16,6 +16,8 @@ Exit codes (documented in the README; the Kubernetes and Slurm examples rely on 
       XLA:CPU deadlock); stacks logged, last snapshot kept: safe to rerun
 77    busy: another job holds the project dir; nothing was done. Not a
       failure: retry later, or run with ``--wait`` to queue behind it
+78    ``kpms-job selftest`` failed: the GPU is missing or unusable, or its
+      tiny fit failed (the machine's setup, not the data)
 ====  ==========================================================
 """
 
@@ -29,6 +31,7 @@ EXIT_OUTPUT = 73
 EXIT_INTERRUPTED = 75
 EXIT_STALLED = 76  # kpms_job.watchdog: the job made no progress within its limit and exited itself
 EXIT_BUSY = 77
+EXIT_SELFTEST = 78  # sysexits EX_CONFIG: kpms_job.selftest found the machine unable to run the job
 
 
 class JobError(Exception):

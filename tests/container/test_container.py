@@ -169,6 +169,23 @@ def test_exit_codes_pass_through_tini(container, image, tmp_path):
     assert "inputs.format" in bad.stderr
 
 
+def test_selftest_passes_in_the_image_which_holds_no_test_tools(container, image):
+    """`kpms-job selftest` in the CPU image: versions, devices and a tiny fit, as a user's first
+    check; the image has the runtime lock only, and says which build it is."""
+    name, rootfs = container
+    out = run_in(name, image, "selftest", timeout=900)
+    assert out.returncode == 0, f"selftest failed in the image:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "selftest passed" in out.stdout and "the pipeline ran end to end" in out.stdout
+    venv = rootfs / "opt" / "venv"
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    tools = [t for t in ("pytest", "_pytest", "hypothesis", "ruff", "selenium", "importlinter", "nwbinspector")
+             if (site / t).exists()] + [b for b in ("pytest", "ruff", "hadolint", "lint-imports")
+                                         if (venv / "bin" / b).exists()]
+    assert not tools, f"test tools in the image: {tools}"
+    baked = json.loads((rootfs / "opt" / "kpms-job" / "image.json").read_text())
+    assert baked["jax"] == "cpu" and baked["revision"] and baked["image"]
+
+
 def test_apptainer_runscript_passes_its_arguments_on(container, image):
     """apptainer.def's %runscript, run by /bin/sh in the image as Apptainer runs it."""
     name, _ = container

@@ -27,6 +27,7 @@ KUBE = ROOT / "deploy" / "kubernetes"
 JOB_YAML = KUBE / "job.yaml"
 RESTARTS_YAML = KUBE / "restarts-job.yaml"
 PVC_YAML = KUBE / "pvc.yaml"
+SELFTEST_YAML = KUBE / "selftest-job.yaml"
 KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate 1.37 bundles
 
 
@@ -79,7 +80,7 @@ def test_job_yaml_is_valid_for_a_current_kubernetes(tools):
     import kubernetes_validate
     from kubernetes_validate.utils import ValidationError
 
-    for path in (JOB_YAML, RESTARTS_YAML, PVC_YAML):
+    for path in (JOB_YAML, RESTARTS_YAML, PVC_YAML, SELFTEST_YAML):
         for doc in docs(path).values():
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     # the validator is real: a misspelt field in the same Job is refused
@@ -95,9 +96,17 @@ def test_job_yaml_validates_with_the_cli_offline(tools):
     cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "kubernetes_validate"]
     env = dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # no way out
     res = subprocess.run([*cmd, "--strict", "-k", KUBERNETES_VERSION, str(JOB_YAML), str(RESTARTS_YAML),
-                          str(PVC_YAML)], capture_output=True, text=True, env=env, timeout=120)
+                          str(PVC_YAML), str(SELFTEST_YAML)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("passed") == 3, res.stdout
+    assert res.stdout.count("passed") == 4, res.stdout
+
+
+def test_the_smoke_test_job_runs_selftest_on_a_gpu_and_never_retries():
+    job = docs(SELFTEST_YAML)["Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["selftest"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert job["spec"]["backoffLimit"] == 0
 
 
 def test_pod_failure_policy_fails_at_once_on_errors_a_retry_cannot_fix():
