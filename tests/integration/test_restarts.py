@@ -43,6 +43,10 @@ def test_three_restarts_in_one_process_and_as_three_tasks_at_once_select_the_sam
     for fig in ("eml_scores.png", "label_agreement.png", "confusion_selected_vs_runner_up.png"):
         assert (ref_dir / "project" / "kpms_job_restarts" / fig).stat().st_size > 0
     assert "## Restarts" in (ref_dir / "project" / "summary.md").read_text()
+    report = (ref_dir / "project" / "report.html").read_text()  # the selection, with its figures
+    assert 'id="restarts"' in report and f"Selected <code>{name}</code>" in report
+    assert all(f'src="kpms_job_restarts/{fig}"' in report for fig in ("eml_scores.png", "label_agreement.png"))
+    assert f'src="{name}/fitting_progress.png"' in report  # the selected restart's own fit
 
     tasks_dir = tmp_path_factory.mktemp("restarts_tasks")
     manifest = tiny_manifest(tasks_dir, **RESTARTS)
