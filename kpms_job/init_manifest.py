@@ -57,6 +57,7 @@ class Tracking:
     fps: float | None = None
     fps_source: str | None = None
     video_hint: str | None = None  # a video file name the tracking file itself names (SLEAP)
+    fps_note: str | None = None  # why the file's own timing gives no rate
     notes: list[str] = field(default_factory=list)
 
 
@@ -304,7 +305,7 @@ def _read_nwb(path: Path) -> Tracking:
         if rate and 1.0 < rate < 2000.0:
             t.fps, t.fps_source = rate, f"the NWB timing of {path.name}"
         elif rate:
-            t.notes.append(f"its timestamps step by {1 / rate:g}: frame numbers, not seconds")
+            t.fps_note = f"{path.name}'s timing gives {rate:.3g} frames/s, outside 1-2000: frame numbers, not seconds?"
     return t
 
 
@@ -711,7 +712,7 @@ def _fps(sc: Scan, base: Path, checks: list[str]):
             any(n.startswith(v.stem) for v in vids) for n in names):
         videos_dir = _rel(next(iter(used)), base)
     if not found:
-        notes = [n for t in sc.trackings for n in t.notes if "timestamps" in n]
+        notes = [t.fps_note for t in sc.trackings if t.fps_note]
         checks.append(f"fps: no video, NWB timing or SLEAP metadata gives the frame rate; {DEFAULT_FPS:g} written")
         lines += _wrap(f"FIXME: no frame rate found (no video next to the files{', ' + notes[0] if notes else ''}"
                        f"). {DEFAULT_FPS:g} is keypoint-moseq's own default (generate_config), a guess: set the "
