@@ -397,6 +397,27 @@ def match_videos(trackings: list[Tracking], tracking_files: list[Path]) -> dict[
     return out
 
 
+def timestamps_fps(t: Tracking) -> tuple[float, Path] | None:
+    """The rate from a timestamps array saved beside the file (IBL / Lightning Pose:
+    ``<session>.timestamps.<camera>.npy`` for ``<session>.<camera>.rng=0.csv``): a .npy named
+    "timestamps" whose other name parts are all in the file's name and whose length is its frames."""
+    parts = set(t.path.name.split("."))
+    frames = {a.shape[0] for a in t.recordings.values()}
+    for f in sorted(t.path.parent.glob("*timestamps*.npy")):
+        if not set(f.name.split(".")) - {"timestamps", "npy"} <= parts:
+            continue
+        try:
+            ts = np.load(f, allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if ts.ndim != 1 or ts.shape[0] not in frames or ts.shape[0] < 2:
+            continue
+        step = float(np.median(np.diff(ts)))
+        if step > 0 and 1.0 < 1.0 / step < 2000.0:  # seconds; frame numbers would give 1
+            return 1.0 / step, f
+    return None
+
+
 def _rel(path: Path, base: Path) -> str:
     """``path`` relative to the manifest's folder when they share a folder below the root and it is at
     most two levels up (``../data/x.h5`` reads well, ``../../../work/data/x.h5`` does not), else absolute."""
@@ -603,7 +624,8 @@ def _flow(head: str, items: list) -> list[str]:
 
 
 def _wrap(text: str, indent: str, width: int = 100) -> list[str]:
-    return textwrap.wrap(text, width=width, initial_indent=indent + "# ", subsequent_indent=indent + "#   ")
+    return textwrap.wrap(text, width=width, initial_indent=indent + "# ", subsequent_indent=indent + "#   ",
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _defaults_block(schema: dict, sections: tuple[str, ...]) -> list[str]:
@@ -702,6 +724,8 @@ def _fps(sc: Scan, base: Path, checks: list[str]):
             found[str(t.path)] = (rate, f"the video {_rel(v, base)} (OpenCV)")
         elif t.fps:
             found[str(t.path)] = (t.fps, t.fps_source)
+        elif (ts := timestamps_fps(t)) is not None:
+            found[str(t.path)] = (ts[0], f"the timestamps {_rel(ts[1], base)}")
     lines: list[str] = []
     videos_dir = None
     used = {videos[t.path].parent for t in sc.trackings if t.path in videos}
@@ -726,7 +750,7 @@ def _fps(sc: Scan, base: Path, checks: list[str]):
         checks.append(f"fps: the recordings have different frame rates {sorted(rates)}; "
                       f"{fps:g} (the most common) written")
         lines += _wrap(f"CHECK: frame rates differ {dict(rates)}; one job models recordings of one rate. "
-                       f"This is the most common one.", "")
+                       "This is the most common one (on a tie, the first file's).", "")
     missing = len(sc.trackings) - len(found)
     if missing:
         checks.append(f"fps: {missing} file(s) have no video or timing; assumed {fps:g} like the others")
