@@ -466,7 +466,12 @@ class Scan:
 
 
 def _candidates(source: Path) -> list[Path]:
-    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in TRACKING_EXTENSIONS)
+    """Files with a tracking extension under ``source``; hidden folders (.ipynb_checkpoints) and
+    kpms-job project dirs (their results CSVs are no input) are skipped."""
+    projects = {p.parent for p in source.rglob(".kpms-job")}
+    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in TRACKING_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(source).parts)
+                  and not any(p.is_relative_to(d) for d in projects))
 
 
 def _dlc_config(path: Path) -> dict | None:

@@ -122,6 +122,19 @@ def test_no_name_match_leaves_the_default_with_a_check(cli, tmp_path):
     assert "bodyparts.posterior" in stdout
 
 
+def test_a_project_dir_and_hidden_folders_in_the_data_folder_are_no_inputs(cli, tmp_path):
+    shutil.copy(EXAMPLE_CSV, tmp_path / "rec.csv")
+    for folder in ("project/.kpms-job", "project/kpms_job/results", ".ipynb_checkpoints"):
+        (tmp_path / folder).mkdir(parents=True)
+    shutil.copy(EXAMPLE_CSV, tmp_path / ".ipynb_checkpoints" / "rec-checkpoint.csv")
+    shutil.copy(EXAMPLE_CSV, tmp_path / "project" / "kpms_job" / "results" / "rec.csv")
+    out = tmp_path / "m.yml"
+    code, _, err = _init(cli, tmp_path, out)
+    assert code == 0, err
+    assert manifest.load(out)["inputs"]["paths"] == [str(tmp_path / "rec.csv")]
+    assert "left out" not in out.read_text()
+
+
 def test_mixed_formats_take_the_most_files_and_say_so(cli, tmp_path):
     for i in range(2):
         shutil.copy(EXAMPLE_CSV, tmp_path / f"rec{i}.csv")
