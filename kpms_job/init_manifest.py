@@ -23,7 +23,8 @@ import numpy as np
 import yaml
 
 from .errors import InputDataError, UsageError
-from .manifest import load_schema
+from .manifest import load_schema, validate
+from .manifest_file import read_manifest_file
 
 # keypoint-moseq's check_nan_proportions warns about a bodypart missing in more than half of the
 # frames; such a bodypart is mostly interpolation in the model, so init leaves it out of `use`
@@ -683,11 +684,21 @@ def build(sc: Scan, out: Path) -> tuple[str, list[str]]:
     for item in sc.unreadable:
         checks.append(item)
         L += _wrap(f"CHECK: left out, unreadable: {item}", "  ")
+    names = collections.Counter(n for t in sc.trackings for n in t.recordings)
+    clash = sorted(n for n, k in names.items() if k > 1)
+    if clash:  # recordings are named by file name (keypoint-moseq): ingest refuses two of one name
+        checks.append(f"recording names occur twice: {', '.join(clash[:5])}; run stops at ingest until one is renamed")
+        L += _wrap(f"FIXME: files in different folders give the same recording name ({', '.join(clash[:5])}); "
+                   "recordings are named by file name and ingest refuses a name twice: rename or leave out one.", "  ")
     if sc.left_out:
         L.append("  # left out (not used as recordings):")
-        for item in sc.left_out:
+        # a folder of many other files would bury the manifest: the first 20 are named
+        shown = sc.left_out if len(sc.left_out) <= 21 else sc.left_out[:20]
+        for item in shown:
             L += textwrap.wrap(_rel_note(item, base), width=100, initial_indent="  #   - ",
                                subsequent_indent="  #     ")
+        if len(shown) < len(sc.left_out):
+            L.append(f"  #   - ... and {len(sc.left_out) - len(shown)} more")
     multi = [t for t in sc.trackings if any("individuals" in n for n in t.notes)]
     if multi:
         L.append("  # multi-animal DeepLabCut: each individual is a recording; 'single' (unique bodyparts) is left out")
@@ -830,8 +841,14 @@ def write(source: str, output: str, force: bool = False) -> tuple[Path, list[str
         raise UsageError(f"{out}: expected the manifest's folder {out.parent} to exist, got no such folder")
     sc = scan(Path(source))
     text, checks = build(sc, out)
-    yaml.safe_load(text)  # what we write must read back; a failure here is a bug, not the user's
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
+    try:
+        # read back as `validate` and `run` read it: a manifest init wrote must validate (a failure
+        # here is a bug in init, not the user's: it is reported as an unexpected error, exit 1)
+        validate(read_manifest_file(tmp), str(out))
+    except Exception as exc:
+        tmp.unlink()
+        raise RuntimeError(f"init wrote a manifest that does not validate: {exc}") from exc
     os.replace(tmp, out)
     return out, checks

@@ -135,6 +135,29 @@ def test_a_project_dir_and_hidden_folders_in_the_data_folder_are_no_inputs(cli, 
     assert "left out" not in out.read_text()
 
 
+def test_one_recording_name_in_two_folders_is_a_fixme(cli, tmp_path):
+    for folder in ("day1", "day2"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(EXAMPLE_CSV, tmp_path / folder / "mouse1.csv")
+    out = tmp_path / "m.yml"
+    code, stdout, err = _init(cli, tmp_path, out)
+    assert code == 0, err
+    assert "FIXME: files in different folders give the same recording name (mouse1)" in _flat(out.read_text())
+    assert "mouse1" in stdout
+    manifest.load(out)
+
+
+def test_many_other_files_are_summarised(cli, tmp_path):
+    shutil.copy(EXAMPLE_CSV, tmp_path / "rec.csv")
+    for i in range(30):
+        (tmp_path / f"notes{i:02d}.csv").write_text("a,b\n1,2\n")
+    out = tmp_path / "m.yml"
+    code, _, err = _init(cli, tmp_path, out)
+    assert code == 0, err
+    text = out.read_text()
+    assert text.count("  #   - notes") == 20 and "... and 10 more" in text
+
+
 def test_mixed_formats_take_the_most_files_and_say_so(cli, tmp_path):
     for i in range(2):
         shutil.copy(EXAMPLE_CSV, tmp_path / f"rec{i}.csv")
@@ -226,6 +249,15 @@ def test_refuses_to_overwrite_without_force(cli, tmp_path):
     code, _, err = _init(cli, EXAMPLE_CSV, out, "--force")
     assert code == 0, err
     manifest.load(out)
+
+
+def test_a_manifest_that_would_not_validate_is_never_written(cli, tmp_path, monkeypatch):
+    real = init_manifest.build
+    monkeypatch.setattr(init_manifest, "build", lambda sc, out: (real(sc, out)[0] + "fps: -1\n", []))
+    out = tmp_path / "m.yml"
+    code, _, err = _init(cli, EXAMPLE_CSV, out)
+    assert code == 1 and "does not validate" in err and "fps" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_default_output_is_manifest_yml_in_the_current_folder(cli, tmp_path, monkeypatch):
