@@ -442,11 +442,9 @@ def path_patterns(files: list[Path], base: Path) -> list[str]:
         nested = any(f.parent != top for f in files)
         rel_top = _rel(top, base)
         pattern = os.path.join(glob.escape(rel_top) if rel_top != "." else "", "**" if nested else "", "*" + suffix)
-        matched = {Path(base, p).resolve() for p in glob.glob(os.path.join(glob.escape(str(base)), pattern),
-                                                              recursive=True)}
-        if os.path.isabs(pattern):
-            matched = {Path(p).resolve() for p in glob.glob(pattern, recursive=True)}
-        if matched == set(files):
+        # as the job will expand it (kpms_job.inputs.expand: relative to the manifest's folder)
+        full = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(base)), pattern)
+        if {Path(p).resolve() for p in glob.glob(full, recursive=True)} == set(files):
             return [pattern]
     return [_rel(f, base) for f in files]
 
