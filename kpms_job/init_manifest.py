@@ -542,20 +542,35 @@ def scan(source: Path) -> Scan:
             f"(.slp/.h5), NWB (.nwb), Anipose (.csv), sleap-anipose (.h5), Facemap (.h5), DANNCE (.mat) or "
             f"FreiPose (.json) files; found {what}")
     counts = {f: len(v) for f, v in kinds.items()}
-    fmt = max(counts, key=lambda f: (counts[f], -PREFERENCE.index(f)))
+    # a file is counted by its format's signature, but only reading it shows that it holds recordings
+    # (a DeepLabCut 3D or labels table looks like predictions): read the leading format, count what
+    # it really has, and move on to the next format when that one now has more files
+    read_so_far: dict[str, tuple[list[Tracking], list[str], list[str]]] = {}
+    while True:
+        fmt = max(counts, key=lambda f: (counts[f], -PREFERENCE.index(f)))
+        if fmt in read_so_far:
+            break
+        got, skipped, bad = [], [], []
+        for p in kinds[fmt]:
+            try:
+                got.append(read(p, fmt))
+            except NotTracking as exc:
+                skipped.append(f"{p}: {exc}")
+            except InputDataError as exc:
+                if source.is_file():
+                    raise
+                bad.append(str(exc))
+        read_so_far[fmt] = got, skipped, bad
+        counts[fmt] = len(got)
+    trackings = read_so_far[fmt][0]
+    for _, skipped, bad in read_so_far.values():  # named once, with why
+        left_out += skipped
+        unreadable += bad
     for other, files in kinds.items():
         if other != fmt:
-            left_out += [f"{p}: {other} (the folder's most common format is {fmt})" for p in files]
-    trackings = []
-    for p in kinds[fmt]:
-        try:
-            trackings.append(read(p, fmt))
-        except NotTracking as exc:
-            left_out.append(f"{p}: {exc}")
-        except InputDataError as exc:
-            if source.is_file():
-                raise
-            unreadable.append(str(exc))
+            named = {Path(x.split(": ")[0]) for x in read_so_far.get(other, ([], [], []))[1]}
+            left_out += [f"{p}: {other} (the folder's most common format is {fmt})" for p in files
+                         if p not in named]
     if not trackings:
         raise InputDataError(f"{source}: none of its {fmt} files holds recordings keypoint-moseq reads: "
                              + "; ".join((unreadable + left_out)[:5]))
@@ -668,8 +683,9 @@ def build(sc: Scan, out: Path) -> tuple[str, list[str]]:
 
     # inputs
     L.append("inputs:")
-    found = ", ".join(f"{n} {f}" for f, n in sorted(sc.counts.items(), key=lambda x: -x[1]))
-    if len(sc.counts) > 1:
+    counts = {f: n for f, n in sc.counts.items() if n}
+    found = ", ".join(f"{n} {f}" for f, n in sorted(counts.items(), key=lambda x: -x[1]))
+    if len(counts) > 1:
         checks.append(f"the folder mixes formats ({found}); {sc.fmt}, the one with the most files, is used")
         L += _wrap(f"CHECK: the folder mixes formats ({found} files); this uses {sc.fmt}, the format with "
                    "the most files (ties go to the more common tracker). Change format and paths for another.", "  ")

@@ -172,6 +172,29 @@ def test_mixed_formats_take_the_most_files_and_say_so(cli, tmp_path):
     assert "CHECK: the folder mixes formats (2 deeplabcut, 1 sleap files)" in text
 
 
+def test_files_that_only_look_like_a_format_do_not_count_for_it(cli, tmp_path):
+    # two DeepLabCut label tables (x, y: no likelihood) look like DeepLabCut output until read; the
+    # one Anipose file is then the folder's only recording
+    cols = pd.MultiIndex.from_product([["me"], ["nose", "tailbase"], ["x", "y"]],
+                                      names=["scorer", "bodyparts", "coords"])
+    for i in range(2):
+        pd.DataFrame(np.ones((5, 4)), columns=cols).to_hdf(tmp_path / f"CollectedData_{i}.h5", key="df")
+    rng = np.random.default_rng(0)
+    table = {f"{bp}_{c}": rng.normal(size=100) for bp in ("snout", "tail_base") for c in ("x", "y", "z")}
+    table.update({f"{bp}_score": np.ones(100) for bp in ("snout", "tail_base")})
+    order = [f"{bp}_{c}" for bp in ("snout", "tail_base") for c in ("x", "y", "z", "score")]
+    pd.DataFrame(table)[order].to_csv(tmp_path / "session3d.csv", index=False)
+    out = tmp_path / "m.yml"
+    code, _, err = _init(cli, tmp_path, out)
+    assert code == 0, err
+    m = manifest.load(out)
+    assert m["inputs"]["format"] == "anipose" and m["inputs"]["paths"] == [str(tmp_path / "session3d.csv")]
+    assert (m["bodyparts"]["anterior"], m["bodyparts"]["posterior"]) == (["snout"], ["tail_base"])
+    text = _flat(out.read_text())
+    assert "CollectedData_0.h5: a DeepLabCut table with coords ['x', 'y'], expected x, y, likelihood" in text
+    assert "mixes formats" not in text
+
+
 def test_sleap_file_gives_skeleton_and_sleap_format(cli, tmp_path):
     out = tmp_path / "m.yml"
     code, _, err = _init(cli, TEST_DATA / "testDLC_sleap.slp", out)
