@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
                             help="with --frames: plan for a GPU or a CPU (default: this machine); "
                                  "--device gpu without a GPU here needs --budget-gb, the GPU's memory")
-    text = "write a commented manifest for your own data (kpms_job/init_manifest.py)"
+    text = "write a commented manifest for your data (a folder of tracking files, one file, a DLC config.yaml)"
     sp = sub.add_parser("init", help=text, description=text)
     sp.add_argument("source", metavar="DATA_DIR_OR_FILE",
                     help="a folder of tracking files, one tracking file, or a DeepLabCut config.yaml")
