@@ -1,4 +1,4 @@
-"""Command line: ``kpms-job [run] MANIFEST``, validate, plan, apply, selftest; exit codes in errors.py."""
+"""Command line: ``kpms-job [run] MANIFEST``, validate, plan, apply, init, selftest; exit codes in errors.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, Usag
 
 log = logging.getLogger("kpms_job")
 
-COMMANDS = ("run", "validate", "plan", "apply", "selftest")
+COMMANDS = ("run", "validate", "plan", "apply", "init", "selftest")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
                             help="with --frames: plan for a GPU or a CPU (default: this machine); "
                                  "--device gpu without a GPU here needs --budget-gb, the GPU's memory")
+    text = "write a commented manifest for your data (a folder of tracking files, one file, a DLC config.yaml)"
+    sp = sub.add_parser("init", help=text, description=text)
+    sp.add_argument("source", metavar="DATA_DIR_OR_FILE",
+                    help="a folder of tracking files, one tracking file, or a DeepLabCut config.yaml")
+    sp.add_argument("-o", "--output", default="manifest.yml", help="the manifest to write (default: manifest.yml)")
+    sp.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks")
     text = ("check this machine or image: versions, the GPU and driver, the devices JAX sees, and a "
             "few-iteration fit on bundled data (exit 78 when something fails)")
     sp = sub.add_parser("selftest", help=text, description=text)
@@ -287,6 +294,17 @@ def _fit_restarts(args, m: dict, t0: float, outcome: dict) -> int | None:
     return None
 
 
+def cmd_init(args) -> int:
+    from .init_manifest import write
+
+    out, checks = write(args.source, args.output, force=args.force)
+    print(f"wrote {out}" + (f"; check {len(checks)} item(s) marked CHECK/FIXME in it:" if checks else ""))
+    for item in checks:
+        print(f"  - {item}")
+    print(f"next: kpms-job validate {out}, then kpms-job run {out}")
+    return EXIT_OK
+
+
 def cmd_apply(args) -> int:
     from . import signals
 
@@ -385,7 +403,7 @@ def _main(argv=None) -> int:
 
             return selftest.run(require_gpu=args.require_gpu, cpu=args.cpu)
         return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan,
-                "apply": cmd_apply}[args.command](args)
+                "apply": cmd_apply, "init": cmd_init}[args.command](args)
     except JobError as exc:
         if debug:
             traceback.print_exc()
