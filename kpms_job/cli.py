@@ -133,10 +133,14 @@ def cmd_plan(args) -> int:
     print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
     try:
         from .resources import report
-
-        report.plan_manifest(m, state)
     except ImportError:
-        pass
+        return EXIT_OK
+    counted = None
+    if not (state.stage("ingest") or {}).get("info"):  # nothing ingested yet: count from the files
+        from . import tracking_files
+
+        counted = tracking_files.count(m)
+    report.plan_manifest(m, state, counted)
     return EXIT_OK
 
 

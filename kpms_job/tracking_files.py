@@ -309,3 +309,19 @@ def read(path: Path, fmt: str) -> Tracking:
         raise InputDataError(
             f"{path}: could not be read as a {fmt} tracking file ({type(exc).__name__}: {text}). "
             "Expected a complete file as the tracker wrote it; remove it or re-export it.") from exc
+
+
+def count(m: dict) -> tuple[list[int], int]:
+    """(frames of each recording, keypoints the model will use) of a validated manifest's inputs,
+    read from the files: what the memory plan needs before ingest has run. Recordings that ingest
+    would exclude (too short, too many missing values) are still counted."""
+    from .inputs import expand
+
+    lengths, names = [], None
+    for f in expand(m):
+        t = read(Path(f), m["inputs"]["format"])
+        lengths += [int(a.shape[0]) for a in t.recordings.values()]
+        if names is None and t.recordings:
+            names = t.bodyparts or list(range(next(iter(t.recordings.values())).shape[1]))
+    use = (m.get("bodyparts") or {}).get("use")
+    return lengths, len(use) if use else len(names or [])

@@ -24,12 +24,18 @@ def shape_from_state(m: dict, state) -> model.Shape | None:
     ing = (state.stage("ingest") or {}).get("info") or {}
     if not ing.get("used"):
         return None
-    lengths = tuple(int(ing["recordings"][n]["frames"]) for n in ing["used"])
+    lengths = [int(ing["recordings"][n]["frames"]) for n in ing["used"]]
     pca = (state.stage("pca") or {}).get("info") or {}
     k = len(ing.get("use_bodyparts") or ing.get("bodyparts") or [])
-    latent = pca.get("latent_dim") or (m.get("pca") or {}).get("latent_dim") or min(10, 2 * (k - 1))
-    return model.Shape(frames=sum(lengths), keypoints=k, latent_dim=int(latent),
-                        num_states=int(m["model"]["num_states"]), recordings=lengths)
+    return shape_from_counts(m, lengths, k, pca.get("latent_dim"))
+
+
+def shape_from_counts(m: dict, lengths: list[int], keypoints: int, latent_dim: int | None = None) -> model.Shape:
+    """The fit's sizes from frames per recording and keypoints; latent_dim, unless PCA chose it,
+    from the manifest or assumed (10, or fewer with few keypoints)."""
+    latent = latent_dim or (m.get("pca") or {}).get("latent_dim") or min(10, 2 * (keypoints - 1))
+    return model.Shape(frames=sum(lengths), keypoints=keypoints, latent_dim=int(latent),
+                       num_states=int(m["model"]["num_states"]), recordings=tuple(lengths))
 
 
 def signature(shape: model.Shape, backend: str, device: str, res: dict) -> str:

@@ -102,15 +102,19 @@ def plan_frames(args) -> int:
     return EXIT_OK
 
 
-def plan_manifest(m: dict, state) -> None:
-    """The memory part of ``kpms-job plan MANIFEST`` (after the stage plan)."""
+def plan_manifest(m: dict, state, counted: tuple[list[int], int] | None = None) -> None:
+    """The memory part of ``kpms-job plan MANIFEST`` (after the stage plan). Before ingest has run,
+    ``counted`` (frames per recording, keypoints: kpms_job.tracking_files.count) gives the sizes."""
     res = m.get("resources") or {}
     found, budget, source, _ = _machine_budget(None, res.get("vram_budget_gb", "auto"))
     shape = planner.shape_from_state(m, state)
-    if shape is None:
-        print("memory plan: after ingest has run (the frames are counted then); "
-              "`kpms-job plan --frames N` estimates any size now")
-        return
+    before_ingest = shape is None
+    if before_ingest:
+        if not counted or not counted[0] or counted[1] < 1:
+            print("memory plan: after ingest has run (no frames found in the inputs); "
+                  "`kpms-job plan --frames N` estimates any size now")
+            return
+        shape = planner.shape_from_counts(m, *counted)
     old = state.get("resources") or {}
     sig = planner.signature(shape, found.backend, planner.device_name(found), res)
     failed = planner.failed_settings(old, sig)
@@ -125,6 +129,9 @@ def plan_manifest(m: dict, state) -> None:
     if patched is not None and set(patched) != model.PATCHED_STEPS:
         notes.append("planned without the jax-moseq patches the last fit could not install: "
                      + ", ".join(sorted(model.PATCHED_STEPS - set(patched))) + " (unbatched)")
+    if before_ingest:
+        notes.append(f"sizes counted from the input files before ingest: {len(shape.recordings)} recording(s); "
+                     "recordings ingest excludes are still in")
     if not (state.stage("pca") or {}).get("info"):
         notes.append(f"latent_dim {shape.latent_dim} assumed until PCA has run")
     print("\n".join(report(shape, budget, source, found.backend, res.get("parallel_message_passing", "auto"),

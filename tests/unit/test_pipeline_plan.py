@@ -179,6 +179,9 @@ def test_plan_on_a_fresh_project_lists_every_stage_and_writes_nothing(cli, job):
     assert [stage for _, stage, _, _ in lines] == ALL
     assert all(verb == "RUN" and reason == "not done yet" for verb, _, _, reason in lines)
     assert f"{len(ALL)} of {len(ALL)} stages would run" in out
+    # the memory plan for the manifest's own data, counted from its files before anything ran
+    assert "50 frames in 1 recording(s)" in out and "4 keypoints" in out, out
+    assert "sizes counted from the input files before ingest" in out and "chosen: " in out
     assert not (job.parent / "project").exists()  # a dry run
 
 
