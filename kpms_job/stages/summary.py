@@ -8,7 +8,7 @@ from pathlib import Path
 from ..state import atomic_write_text, now_iso
 
 TITLE = "summary.json and summary.md"
-DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")  # with restarts: select for the fits
+DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures", "analysis")  # with restarts: select for the fits
 # targets: the summary judges the median against the window, tuned or not. The resolved manifest
 # it embeds records the run that last wrote it: an edit that no stage reads does not rewrite it.
 READS = ("model.name", "targets.median_duration_ms")
