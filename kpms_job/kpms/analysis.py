@@ -74,10 +74,14 @@ def plot_syllable_stats(stats, project_dir: str, model_name: str, save_dir: str,
     # keypoint-moseq sorts syllables by a stat other than frequency after dropping the "object"
     # columns; pandas 3 reads text as its "str" dtype, which it would keep and fail to average
     text = {c: object for c in ("group", "name") if c in stats.columns}
+    path = Path(save_dir) / f"{stat}_stat_stats.png"
     with quiet():
-        kpms.plot_syll_stats_with_sem(stats.astype(text), project_dir, model_name, save_dir=save_dir, stat=stat,
-                                      plot_sig=compare)
-    return Path(save_dir) / f"{stat}_stat_stats.png"
+        fig, _ = kpms.plot_syll_stats_with_sem(stats.astype(text), project_dir, model_name, save_dir=save_dir,
+                                               stat=stat, plot_sig=compare)
+        # saved again to fit the figure: keypoint-moseq's cuts the named tick labels and the legend
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    return path
 
 
 def significance(stats, stat: str):

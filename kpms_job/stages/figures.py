@@ -32,7 +32,7 @@ GiB = 2**30
 
 TITLE = "syllable figures and grid movies"
 DEPS = ("ingest", "outliers", "results")
-READS = ("model.name", "outputs.figures", "outputs.grid_movies", "inputs.videos")
+READS = ("model.name", "outputs.figures", "outputs.grid_movies", "outputs.trajectory_plots", "inputs.videos")
 OUTPUTS = ()  # what was made is reported in the stage's info; a missing figure reruns nothing
 
 
@@ -105,14 +105,16 @@ def _child(project_dir: str, model_name: str, fps: float, npz: str, labels: list
     """In the child: draw ``labels`` with keypoint-moseq, one JSON line each."""
     from pathlib import Path
 
-    from ..kpms import project
+    from ..kpms import project, trajectories
     from ..kpms import results as R
 
     results, config = R.load_results(project_dir, model_name), project.load_config(project_dir)
     draw = {"syllable_frequencies": lambda: R.plot_frequencies(results, project_dir, model_name),
             "duration_distribution": lambda: R.plot_durations(results, project_dir, model_name, fps),
             "similarity_dendrogram": lambda: R.plot_dendrogram(arrays.load(Path(npz))[0], results, project_dir,
-                                                               model_name, config)}
+                                                               model_name, config),
+            "trajectory_plots": lambda: trajectories.plot(arrays.load(Path(npz))[0], results, project_dir,
+                                                          model_name, config, fps)}
     for label in labels:
         try:
             draw[label]()
@@ -130,12 +132,13 @@ def run(ctx):
     pd, name, out = str(ctx.project_dir), ctx.model_name, ctx.m["outputs"]
     made, failed = [], {}
 
-    if out["figures"]:
+    labels = (FIGURES if out["figures"] else ()) + (("trajectory_plots",) if out["trajectory_plots"] else ())
+    if labels:
         npz = str(ctx.work_dir / "preprocessed.npz")
         fps = float(ctx.fps)
         made, failed = run_isolated(
             lambda todo: [sys.executable, "-m", "kpms_job.stages.figures", pd, name, str(fps), npz, *todo],
-            FIGURES, memory_cap(), float(os.environ.get("KPMS_JOB_FIGURE_TIMEOUT_S", 1800)))
+            labels, memory_cap(), float(os.environ.get("KPMS_JOB_FIGURE_TIMEOUT_S", 1800)))
     if out["grid_movies"]:
         videos = ctx.m["inputs"].get("videos")
         label = "grid_movies (video)" if videos else "grid_movies (keypoints only)"
@@ -147,7 +150,22 @@ def run(ctx):
         except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
             failed[label] = _first_line(exc)
             log.warning("could not make %s: %s", label, failed[label])
-    return {"made": made, "failed": failed}
+    return {"made": made, "failed": failed, "files": _files(ctx.project_dir, name, made)}
+
+
+def _files(project_dir, name: str, made: list[str]) -> dict:
+    """The files made, relative to the project dir: the report shows them (see the module's doc)."""
+    model = project_dir / name
+
+    def rel(paths):
+        return [str(p.relative_to(project_dir)) for p in sorted(paths) if p.exists()]
+
+    files = {label: rel([model / f"{label}.png"]) for label in FIGURES if label in made}
+    if "trajectory_plots" in made:
+        files["trajectory_plots"] = rel((model / "trajectory_plots").glob("*.png"))
+    if any(m.startswith("grid_movies") for m in made):
+        files["grid_movies"] = rel((model / "grid_movies").glob("syllable*.mp4"))
+    return files
 
 
 if __name__ == "__main__":
