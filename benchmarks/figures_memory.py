@@ -65,7 +65,7 @@ def manifest(folder: Path, iters: int, figures: bool) -> Path:
          "model": {"name": MODEL, "num_states": 20, "kappa": 1e4, "seed": 0},
          "tuning": "off",
          "fitting": {"arhmm_iters": iters, "full_iters": iters, "save_every": iters},
-         "outputs": {"csv": False, "figures": figures, "grid_movies": figures}}
+         "outputs": {"csv": False, "figures": figures, "grid_movies": figures, "trajectory_plots": figures}}
     path = folder / "manifest.yml"
     path.write_text(yaml.safe_dump(m, sort_keys=False))
     return path
@@ -164,12 +164,16 @@ def main(argv=None) -> int:
         movies = project / MODEL / "grid_movies"
         marker = json.loads((movies / ".kpms-job-grid.json").read_text()) if movies.exists() else {}
         grid = "x".join(map(str, marker.get("grid", [4, 6])))
+        # the figures stage's child drawing the trajectory plots alone, as the stage starts it
+        traj = run_child([sys.executable, "-m", "kpms_job.stages.figures", str(project), MODEL, "30",
+                          str(project / ".kpms-job" / "preprocessed.npz"), "trajectory_plots"])
         base = run_child([sys.executable, __file__, "--baseline", str(project), grid, "0"], cap_gib=a.cap_gib)
         steps = [json.loads(ln)["steps_mib"] for ln in base["out"].splitlines() if ln.startswith('{"steps_mib"')]
         row = {"frames": 2330 * tiles, "tiles": tiles, "grid": grid,
                "movies": len(list(movies.glob("syllable*.mp4"))),
                "job_figures_stage_peak_mib": stage["peak_mib"], "job_figures_stage_s": stage["seconds"],
-               "job_rc": stage["rc"],
+               "job_rc": stage["rc"], "trajectory_child_peak_mib": traj["peak_mib"],
+               "trajectory_child_out": traj["out"].strip().splitlines()[-1:],
                "baseline_peak_mib": (f">{a.cap_gib * 1024:.0f} (killed)" if base["killed_at_cap"]
                                      else base["peak_mib"]),
                "baseline_s": base["seconds"], "baseline_steps_mib": steps[-1] if steps else None,
@@ -177,10 +181,11 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\nTILED data (the bundled 2330-frame recording repeated); peak RSS in MiB, fresh processes")
-    print(f"{'frames':>8} {'grid':>5} {'movies':>6} {'job figures stage':>18} {'keypoint-moseq (old stage)':>27}")
+    print(f"{'frames':>8} {'grid':>5} {'movies':>6} {'job figures stage':>18} {'trajectory child':>17} "
+          f"{'keypoint-moseq (old stage)':>27}")
     for r in rows:
         print(f"{r['frames']:>8} {r['grid']:>5} {r['movies']:>6} {r['job_figures_stage_peak_mib']:>18} "
-              f"{str(r['baseline_peak_mib']):>27}")
+              f"{r['trajectory_child_peak_mib']:>17} {str(r['baseline_peak_mib']):>27}")
     return 0
 
 
