@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from .common import kpms, quiet
@@ -132,18 +133,28 @@ def save_transition_matrices(out_dir: Path, mats, usages, groups, syllables) -> 
     return paths
 
 
+def _smaller_png(path: Path) -> None:
+    """The figure keypoint-moseq just saved (and left open), saved again at 100 dpi: at its 300 dpi
+    a transition graph of two groups is a 6000 x 3000 pixel PNG of about 1 MB, for a report."""
+    plt.gcf().savefig(path, dpi=100, bbox_inches="tight")
+
+
 def plot_transition_graphs(project_dir: str, model_name: str, save_dir: str, mats, usages, groups,
                            syllables) -> Path:
     """keypoint-moseq's transition graph of each group, nodes labelled with the syllable names."""
+    path = Path(save_dir) / "transition_graphs.png"
     with quiet():
         kpms.plot_transition_graph_group(project_dir, model_name, list(groups), mats, usages, syllables,
                                          save_dir=save_dir, show_syllable_names=True)
-    return Path(save_dir) / "transition_graphs.png"
+        _smaller_png(path)
+    return path
 
 
 def plot_transition_heatmaps(project_dir: str, model_name: str, save_dir: str, mats, groups, syllables) -> Path:
     """keypoint-moseq's heatmaps of the groups' transition matrices, side by side."""
+    path = Path(save_dir) / "transition_matrices.png"
     with quiet():
         kpms.visualize_transition_bigram(project_dir, model_name, list(groups), mats, syllables,
                                          save_dir=save_dir, normalize="bigram", show_syllable_names=True)
-    return Path(save_dir) / "transition_matrices.png"
+        _smaller_png(path)
+    return path
