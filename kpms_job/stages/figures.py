@@ -12,6 +12,17 @@ bundled recording tiled to 9,320 frames (benchmarks/figures_memory.py): 60 MiB a
 loaded results for all three, 40 of them the dendrogram's (its density sampling holds every
 instance's trajectory: linear in the frames, hence the cap), so one child for all three, not
 one each (each would add a JAX import).
+
+Trajectory plots (``outputs.trajectory_plots``: keypoint-moseq's ``generate_trajectory_plots``,
+a PNG beside each of its PDFs, no GIFs: a GIF rasterises every frame of every syllable's plot)
+are drawn last in the same child, by :mod:`kpms_job.kpms.trajectories`. Their density sampling
+computes the trajectory of every syllable instance (its ``sampling_options`` cap only the PCA's
+sample), so their memory grows with the frames: the child hands them at most 200,000 frames,
+the first frames of each recording in proportion to its length (``trajectories.MAX_FRAMES``).
+Measured by benchmarks/trajectory_memory.py (the bundled recording tiled, synthetic syllables,
+peak above the loaded data): 49 MiB at 2,330 frames, 51 MiB at 9,320 (4x), 61 at 74,560, then
+uncapped 136 MiB at 298,240 and 243 MiB at 596,480 frames (about 0.35 MiB per 1,000 frames, with
+4 keypoints), capped 100 and 103 MiB there.
 """
 
 from __future__ import annotations
