@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -164,12 +165,20 @@ def run(ctx):
     return {"made": made, "failed": failed, "files": _files(ctx.project_dir, name, made)}
 
 
+def _natural(path) -> list:
+    """Sort key: Syllable2 before Syllable10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
 def _files(project_dir, name: str, made: list[str]) -> dict:
-    """The files made, relative to the project dir: the report shows them (see the module's doc)."""
+    """The files made, relative to the project dir, for the report: ``{"syllable_frequencies":
+    [png], "duration_distribution": [png], "similarity_dendrogram": [png], "trajectory_plots":
+    [all_trajectories.png, Syllable0.png, ...], "grid_movies": [syllable0.mp4, ...]}``, each key
+    only when that output was made."""
     model = project_dir / name
 
     def rel(paths):
-        return [str(p.relative_to(project_dir)) for p in sorted(paths) if p.exists()]
+        return [str(p.relative_to(project_dir)) for p in sorted(paths, key=_natural) if p.exists()]
 
     files = {label: rel([model / f"{label}.png"]) for label in FIGURES if label in made}
     if "trajectory_plots" in made:
