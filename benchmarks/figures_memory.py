@@ -6,10 +6,12 @@ tracking, not new data). For each length, in fresh processes:
 
 1. ``kpms-job run`` fits a short model (``--iters`` AR-HMM and full-model iterations, 20
    states, tuning off) with figures and grid movies off;
-2. ``kpms-job run`` again with figures and grid movies on: only the figures stage (and the
-   summary) runs; its peak resident memory is the job's figures-stage peak (the process also
+2. ``kpms-job run`` again with figures, grid movies and trajectory plots on: only the figures
+   stage (and the summary) runs; its peak resident memory is the job's figures-stage peak (the process also
    imports JAX and loads the results);
-3. the baseline, what the stage did before: a fresh process loads the same results and
+3. the figures stage's child (``python -m kpms_job.stages.figures``) drawing the trajectory
+   plots alone, its peak;
+4. the baseline, what the stage did before: a fresh process loads the same results and
    keypoints, draws the three keypoint-moseq figures (their growth is printed one by one) and
    runs keypoint-moseq's ``generate_grid_movies`` (keypoints only) with the grid the job
    chose, after ``np.random.seed(seed)``, as the job does. It is killed above ``--cap-gib``
@@ -25,6 +27,14 @@ Measured (2-core CPU, 3+3 iterations; about 4 minutes with the fits):
     frames  grid  movies  job figures stage  keypoint-moseq (old stage)
       2330   3x4       1            593 MiB              >6144 (killed)
       9320   4x6       2            612 MiB              >6144 (killed)
+
+With the trajectory plots (``outputs.trajectory_plots``, since added to the stage; the figures
+stage's child drawing them alone, a fresh process: JAX imported, results and keypoints loaded;
+``--cap-gib 2`` for the baseline):
+
+    frames  grid  movies  job figures stage  trajectory child  keypoint-moseq (old stage)
+      2330   3x4       1            604 MiB           591 MiB              >2048 (killed)
+      9320   4x6       2            626 MiB           596 MiB              >2048 (killed)
 
 The three figures, in the baseline's process: +16 (frequencies), +4 (durations) and +22 / +40 MiB
 (dendrogram at 2330 / 9320 frames) above the loaded results (548 MiB). Window 368 px here:

@@ -22,7 +22,10 @@ the first frames of each recording in proportion to its length (``trajectories.M
 Measured by benchmarks/trajectory_memory.py (the bundled recording tiled, synthetic syllables,
 peak above the loaded data): 49 MiB at 2,330 frames, 51 MiB at 9,320 (4x), 61 at 74,560, then
 uncapped 136 MiB at 298,240 and 243 MiB at 596,480 frames (about 0.35 MiB per 1,000 frames, with
-4 keypoints), capped 100 and 103 MiB there.
+4 keypoints), capped 100 and 103 MiB there. On fitted models (benchmarks/figures_memory.py, 3+3
+iterations) the child drawing them alone peaked at 591 MiB on the bundled recording and 596 MiB
+tiled 4x (9,320 frames), of which about 550 are JAX and the loaded results; the whole stage, its
+own process, at 604 and 626 MiB.
 """
 
 from __future__ import annotations
