@@ -113,7 +113,8 @@ def _child(project_dir: str, model_name: str, fps: float, compare: bool, groups:
 
 
 def _files(ctx, made: list[str]) -> dict:
-    """The files made, relative to the project dir, by the report's keys."""
+    """The files made, relative to the project dir, by the report's keys: moseq_df and stats_df
+    when made, every list (empty when its output failed)."""
     pd, name = ctx.project_dir, ctx.model_name
     out = pd / name / "analysis"
 
@@ -127,11 +128,11 @@ def _files(ctx, made: list[str]) -> dict:
         files["stats_df"] = f"{name}/analysis/stats_df.csv"
     files["syllable_stats"] = rel(out / f"{s}_stat_stats.png" for s in STATS if f"syllable_stats ({s})" in made)
     files["significance"] = rel([*out.glob("kruskal_*.csv"), *out.glob("dunn_*.csv")])
-    if "transition_matrices" in made:
-        files["transition_matrices"] = rel([out / "transition_matrices.npz", *out.glob("transition_matrix_*.csv")])
-        files["transition_heatmaps"] = rel([out / "transition_matrices.png"])
-    if "transition_graphs" in made:
-        files["transition_graphs"] = rel([out / "transition_graphs.png"])
+    matrices = "transition_matrices" in made
+    files["transition_matrices"] = rel([out / "transition_matrices.npz", *out.glob("transition_matrix_*.csv")]
+                                       if matrices else [])
+    files["transition_heatmaps"] = rel([out / "transition_matrices.png"] if matrices else [])
+    files["transition_graphs"] = rel([out / "transition_graphs.png"] if "transition_graphs" in made else [])
     return files
 
 
