@@ -6,10 +6,12 @@ tracking, not new data). For each length, in fresh processes:
 
 1. ``kpms-job run`` fits a short model (``--iters`` AR-HMM and full-model iterations, 20
    states, tuning off) with figures and grid movies off;
-2. ``kpms-job run`` again with figures and grid movies on: only the figures stage (and the
-   summary) runs; its peak resident memory is the job's figures-stage peak (the process also
+2. ``kpms-job run`` again with figures, grid movies and trajectory plots on: only the figures
+   stage (and the summary) runs; its peak resident memory is the job's figures-stage peak (the process also
    imports JAX and loads the results);
-3. the baseline, what the stage did before: a fresh process loads the same results and
+3. the figures stage's child (``python -m kpms_job.stages.figures``) drawing the trajectory
+   plots alone, its peak;
+4. the baseline, what the stage did before: a fresh process loads the same results and
    keypoints, draws the three keypoint-moseq figures (their growth is printed one by one) and
    runs keypoint-moseq's ``generate_grid_movies`` (keypoints only) with the grid the job
    chose, after ``np.random.seed(seed)``, as the job does. It is killed above ``--cap-gib``
@@ -25,6 +27,14 @@ Measured (2-core CPU, 3+3 iterations; about 4 minutes with the fits):
     frames  grid  movies  job figures stage  keypoint-moseq (old stage)
       2330   3x4       1            593 MiB              >6144 (killed)
       9320   4x6       2            612 MiB              >6144 (killed)
+
+With the trajectory plots (``outputs.trajectory_plots``, since added to the stage; the figures
+stage's child drawing them alone, a fresh process: JAX imported, results and keypoints loaded;
+``--cap-gib 2`` for the baseline):
+
+    frames  grid  movies  job figures stage  trajectory child  keypoint-moseq (old stage)
+      2330   3x4       1            604 MiB           591 MiB              >2048 (killed)
+      9320   4x6       2            626 MiB           596 MiB              >2048 (killed)
 
 The three figures, in the baseline's process: +16 (frequencies), +4 (durations) and +22 / +40 MiB
 (dendrogram at 2330 / 9320 frames) above the loaded results (548 MiB). Window 368 px here:
@@ -65,7 +75,7 @@ def manifest(folder: Path, iters: int, figures: bool) -> Path:
          "model": {"name": MODEL, "num_states": 20, "kappa": 1e4, "seed": 0},
          "tuning": "off",
          "fitting": {"arhmm_iters": iters, "full_iters": iters, "save_every": iters},
-         "outputs": {"csv": False, "figures": figures, "grid_movies": figures}}
+         "outputs": {"csv": False, "figures": figures, "grid_movies": figures, "trajectory_plots": figures}}
     path = folder / "manifest.yml"
     path.write_text(yaml.safe_dump(m, sort_keys=False))
     return path
@@ -164,12 +174,16 @@ def main(argv=None) -> int:
         movies = project / MODEL / "grid_movies"
         marker = json.loads((movies / ".kpms-job-grid.json").read_text()) if movies.exists() else {}
         grid = "x".join(map(str, marker.get("grid", [4, 6])))
+        # the figures stage's child drawing the trajectory plots alone, as the stage starts it
+        traj = run_child([sys.executable, "-m", "kpms_job.stages.figures", str(project), MODEL, "30",
+                          str(project / ".kpms-job" / "preprocessed.npz"), "trajectory_plots"])
         base = run_child([sys.executable, __file__, "--baseline", str(project), grid, "0"], cap_gib=a.cap_gib)
         steps = [json.loads(ln)["steps_mib"] for ln in base["out"].splitlines() if ln.startswith('{"steps_mib"')]
         row = {"frames": 2330 * tiles, "tiles": tiles, "grid": grid,
                "movies": len(list(movies.glob("syllable*.webm"))),
                "job_figures_stage_peak_mib": stage["peak_mib"], "job_figures_stage_s": stage["seconds"],
-               "job_rc": stage["rc"],
+               "job_rc": stage["rc"], "trajectory_child_peak_mib": traj["peak_mib"],
+               "trajectory_child_out": traj["out"].strip().splitlines()[-1:],
                "baseline_peak_mib": (f">{a.cap_gib * 1024:.0f} (killed)" if base["killed_at_cap"]
                                      else base["peak_mib"]),
                "baseline_s": base["seconds"], "baseline_steps_mib": steps[-1] if steps else None,
@@ -177,10 +191,11 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\nTILED data (the bundled 2330-frame recording repeated); peak RSS in MiB, fresh processes")
-    print(f"{'frames':>8} {'grid':>5} {'movies':>6} {'job figures stage':>18} {'keypoint-moseq (old stage)':>27}")
+    print(f"{'frames':>8} {'grid':>5} {'movies':>6} {'job figures stage':>18} {'trajectory child':>17} "
+          f"{'keypoint-moseq (old stage)':>27}")
     for r in rows:
         print(f"{r['frames']:>8} {r['grid']:>5} {r['movies']:>6} {r['job_figures_stage_peak_mib']:>18} "
-              f"{str(r['baseline_peak_mib']):>27}")
+              f"{r['trajectory_child_peak_mib']:>17} {str(r['baseline_peak_mib']):>27}")
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from . import groups
 from .errors import ManifestError
 from .manifest_file import read_manifest_file
 from .manifest_messages import _field, _key, _messages
@@ -120,6 +121,32 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _syllable_name_problems(m: dict) -> list[tuple[tuple, str]]:
+    """Syllable indices beyond the model's, and names keypoint-moseq's syll_info.csv would read back
+    as numbers (its label lookup then fails on them)."""
+    names = m.get("syllable_names")
+    model = m.get("model")
+    num_states = model.get("num_states") if isinstance(model, dict) else None
+    problems = []
+    for key, name in (names.items() if isinstance(names, dict) else ()):
+        if not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            continue  # the schema reports it
+        if _is_number(num_states) and int(key) >= num_states:
+            problems.append((("syllable_names", str(key)),
+                             f"syllable_names.{key}: expected a syllable index below model.num_states "
+                             f"({num_states}), but got {key}; syllables are numbered 0 to {num_states - 1}"))
+        if isinstance(name, str):
+            try:
+                float(name)
+            except ValueError:
+                continue
+            problems.append((("syllable_names", str(key)),
+                             f"syllable_names.{key}: expected a name with letters, but got '{name}'; keypoint-moseq "
+                             "reads a label that is a number back from syll_info.csv as a number and its "
+                             "figures then fail: add a letter"))
+    return problems
+
+
 def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
     """Checks JSON Schema cannot express.
 
@@ -136,6 +163,7 @@ def _semantic_problems(m: dict) -> list[tuple[tuple, str]]:
                 ("targets", "median_duration_ms"),
                 f"targets.median_duration_ms: expected [min, max] with min < max, but found [{lo}, {hi}]; "
                 "swap or widen the window"))
+    problems += _syllable_name_problems(m)
     bp = m.get("bodyparts")
     if not isinstance(bp, dict):
         return problems
@@ -219,7 +247,7 @@ def resolve_paths(m: dict, base: Path) -> dict:
     m["inputs"]["paths"] = [res(p, f"inputs.paths[{i}]") for i, p in enumerate(paths)]
     if m["inputs"].get("videos"):
         m["inputs"]["videos"] = res(m["inputs"]["videos"], "inputs.videos")
-    return m
+    return groups.read_files(m, res)
 
 
 def tuning_settings(m: dict) -> dict | None:

@@ -23,13 +23,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
-from . import __version__, faults, inputs, restarts, watchdog
+from . import __version__, faults, groups, inputs, restarts, watchdog
 from .manifest import tuning_settings
 from .state import SHARED_STAGES, JobState, ProjectLock, fingerprint, hash_file, output_error
 
 log = logging.getLogger("kpms_job")
 
-ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary")
+ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "analysis",
+         "summary")
 #: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
 #: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
 PER_RESTART = ("arhmm", "full_model")
@@ -395,6 +396,16 @@ def pending_restarts(m: dict, state: JobState) -> list[tuple[int, bool]]:
     return out
 
 
+def check_groups(m: dict, state: JobState, decisions: list[Decision]) -> None:
+    """Check the manifest's groups against the recordings of a finished ingest that stays: an edit of
+    the groups reruns the analysis stage only, after the fits, and must fail before them. (When
+    ingest runs, it checks them itself on the recordings it loads.)"""
+    rec = state.stage("ingest")
+    stays = any(d.stage.name == "ingest" and not d.run for d in decisions)
+    if m.get("groups") and rec and stays:
+        groups.assign(m["groups"], list(rec["info"]["recordings"]))
+
+
 def run(m: dict, state: JobState, stop=None, prepared: dict | None = None, part=None, wait: bool = False) -> dict:
     """Run every stage of ``part`` that is not done; return {graph key: 'ran'|'skipped'|'busy'}.
 
@@ -421,6 +432,7 @@ def run(m: dict, state: JobState, stop=None, prepared: dict | None = None, part=
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))
     outcome: dict = {}
     decisions = decide(m, state, states=ctx.restart_states)
+    check_groups(m, state, decisions)
     ctx.fingerprints = {d.key: d.fingerprint for d in decisions}
     current = {d.key: d for d in decisions}  # re-decided once the restarts are fitted
     done_restarts: set = set()

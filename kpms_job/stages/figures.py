@@ -12,6 +12,20 @@ bundled recording tiled to 9,320 frames (benchmarks/figures_memory.py): 60 MiB a
 loaded results for all three, 40 of them the dendrogram's (its density sampling holds every
 instance's trajectory: linear in the frames, hence the cap), so one child for all three, not
 one each (each would add a JAX import).
+
+Trajectory plots (``outputs.trajectory_plots``: keypoint-moseq's ``generate_trajectory_plots``,
+a PNG beside each of its PDFs, no GIFs: a GIF rasterises every frame of every syllable's plot)
+are drawn last in the same child, by :mod:`kpms_job.kpms.trajectories`. Their density sampling
+computes the trajectory of every syllable instance (its ``sampling_options`` cap only the PCA's
+sample), so their memory grows with the frames: the child hands them at most 200,000 frames,
+the first frames of each recording in proportion to its length (``trajectories.MAX_FRAMES``).
+Measured by benchmarks/trajectory_memory.py (the bundled recording tiled, synthetic syllables,
+peak above the loaded data): 49 MiB at 2,330 frames, 51 MiB at 9,320 (4x), 61 at 74,560, then
+uncapped 136 MiB at 298,240 and 243 MiB at 596,480 frames (about 0.35 MiB per 1,000 frames, with
+4 keypoints), capped 100 and 103 MiB there. On fitted models (benchmarks/figures_memory.py, 3+3
+iterations) the child drawing them alone peaked at 591 MiB on the bundled recording and 596 MiB
+tiled 4x (9,320 frames), of which about 550 are JAX and the loaded results; the whole stage, its
+own process, at 604 and 626 MiB.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +47,7 @@ GiB = 2**30
 
 TITLE = "syllable figures and grid movies"
 DEPS = ("ingest", "outliers", "results")
-READS = ("model.name", "outputs.figures", "outputs.grid_movies", "inputs.videos")
+READS = ("model.name", "outputs.figures", "outputs.grid_movies", "outputs.trajectory_plots", "inputs.videos")
 OUTPUTS = ()  # what was made is reported in the stage's info; a missing figure reruns nothing
 
 
@@ -105,14 +120,16 @@ def _child(project_dir: str, model_name: str, fps: float, npz: str, labels: list
     """In the child: draw ``labels`` with keypoint-moseq, one JSON line each."""
     from pathlib import Path
 
-    from ..kpms import project
+    from ..kpms import project, trajectories
     from ..kpms import results as R
 
     results, config = R.load_results(project_dir, model_name), project.load_config(project_dir)
     draw = {"syllable_frequencies": lambda: R.plot_frequencies(results, project_dir, model_name),
             "duration_distribution": lambda: R.plot_durations(results, project_dir, model_name, fps),
             "similarity_dendrogram": lambda: R.plot_dendrogram(arrays.load(Path(npz))[0], results, project_dir,
-                                                               model_name, config)}
+                                                               model_name, config),
+            "trajectory_plots": lambda: trajectories.plot(arrays.load(Path(npz))[0], results, project_dir,
+                                                          model_name, config, fps)}
     for label in labels:
         try:
             draw[label]()
@@ -130,12 +147,13 @@ def run(ctx):
     pd, name, out = str(ctx.project_dir), ctx.model_name, ctx.m["outputs"]
     made, failed = [], {}
 
-    if out["figures"]:
+    labels = (FIGURES if out["figures"] else ()) + (("trajectory_plots",) if out["trajectory_plots"] else ())
+    if labels:
         npz = str(ctx.work_dir / "preprocessed.npz")
         fps = float(ctx.fps)
         made, failed = run_isolated(
             lambda todo: [sys.executable, "-m", "kpms_job.stages.figures", pd, name, str(fps), npz, *todo],
-            FIGURES, memory_cap(), float(os.environ.get("KPMS_JOB_FIGURE_TIMEOUT_S", 1800)))
+            labels, memory_cap(), float(os.environ.get("KPMS_JOB_FIGURE_TIMEOUT_S", 1800)))
     if out["grid_movies"]:
         videos = ctx.m["inputs"].get("videos")
         label = "grid_movies (video)" if videos else "grid_movies (keypoints only)"
@@ -147,7 +165,30 @@ def run(ctx):
         except Exception as exc:  # noqa: BLE001 - one figure must not sink the job
             failed[label] = _first_line(exc)
             log.warning("could not make %s: %s", label, failed[label])
-    return {"made": made, "failed": failed}
+    return {"made": made, "failed": failed, "files": _files(ctx.project_dir, name, made)}
+
+
+def _natural(path) -> list:
+    """Sort key: Syllable2 before Syllable10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _files(project_dir, name: str, made: list[str]) -> dict:
+    """The files made, relative to the project dir, for the report: ``{"syllable_frequencies":
+    [png], "duration_distribution": [png], "similarity_dendrogram": [png], "trajectory_plots":
+    [all_trajectories.png, Syllable0.png, ...], "grid_movies": [syllable0.webm, ...]}``, each key
+    only when that output was made."""
+    model = project_dir / name
+
+    def rel(paths):
+        return [str(p.relative_to(project_dir)) for p in sorted(paths, key=_natural) if p.exists()]
+
+    files = {label: rel([model / f"{label}.png"]) for label in FIGURES if label in made}
+    if "trajectory_plots" in made:
+        files["trajectory_plots"] = rel((model / "trajectory_plots").glob("*.png"))
+    if any(m.startswith("grid_movies") for m in made):
+        files["grid_movies"] = rel((model / "grid_movies").glob("syllable*.webm"))  # kpms/movies.py EXT
+    return files
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import inputs
+from .. import groups, inputs
 from ..errors import InputDataError, ManifestError
 from . import arrays
 
@@ -123,6 +123,9 @@ def run(ctx):
     m = ctx.m
     pre = m["preprocessing"]
     coords, confs, bodyparts, origin = _load_all(m)
+    # the groups name recordings, which only the loaded files name: checked here, before any fit
+    # (pipeline.check_groups checks them again when this stage is done and the groups change)
+    groups.assign(m.get("groups"), list(coords))
     use = m["bodyparts"]["use"] or bodyparts
     missing = [b for b in use + (m["bodyparts"]["anterior"] or []) + (m["bodyparts"]["posterior"] or [])
                + [b for pair in m["bodyparts"]["skeleton"] for b in pair] if b not in bodyparts]

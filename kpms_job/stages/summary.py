@@ -12,7 +12,7 @@ from pathlib import Path
 from ..state import atomic_write_text, now_iso
 
 TITLE = "summary files and report.html"
-DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures")  # with restarts: select for the fits
+DEPS = ("ingest", "pca", "arhmm", "full_model", "results", "figures", "analysis")  # with restarts: select for the fits
 # targets: the summary judges the median against the window, tuned or not. The resolved manifest
 # it embeds records the run that last wrote it: an edit that no stage reads does not rewrite it.
 READS = ("model.name", "targets.median_duration_ms")
@@ -171,7 +171,7 @@ def report_context(ctx, s: dict) -> dict:
     from .. import report
 
     pd, name, arhmm = ctx.project_dir, ctx.model_name, ctx.arhmm_name
-    made = set(s["figures"]["made"])
+    made_files = ctx.info("figures").get("files", {})
     missing: list[str] = []
 
     def files(paths, expected=True):
@@ -188,9 +188,8 @@ def report_context(ctx, s: dict) -> dict:
         "outliers": glob("QA/plots/**/*.png"),
         "kappa": files([f"{arhmm}/kappa_trace.png", f"{name}/kappa_trace.png"], expected=False),
         "progress": files([f"{arhmm}/fitting_progress.png", f"{name}/fitting_progress.png"]),
-        "syllables": files([f"{name}/{stem}.png" for stem in
-                            ("syllable_frequencies", "duration_distribution", "similarity_dendrogram")
-                            if stem in made]),
+        "syllables": files([f for stem in ("syllable_frequencies", "duration_distribution", "similarity_dendrogram")
+                            for f in made_files.get(stem, [])]),
         "restarts": files((s.get("restarts") or {}).get("figures", [])),
     }
     ratios = ctx.info("pca").get("variance_ratio") or []
@@ -204,8 +203,8 @@ def report_context(ctx, s: dict) -> dict:
         "s": s, "figures": figures, "missing": missing, "variance": variance,
         "interpolated": ctx.info("outliers").get("interpolated_keypoints", {}),
         "rank_fit": report.rank_frequency_fit(ctx.info("results").get("frame_fractions") or []),
-        "trajectories": glob(f"{name}/trajectory_plots/*.png"),
-        "movies": glob(f"{name}/grid_movies/syllable*.webm") if ctx.m["outputs"]["grid_movies"] else [],
+        "trajectories": files(made_files.get("trajectory_plots", [])),
+        "movies": files(made_files.get("grid_movies", [])),
         "groups": _groups(ctx, pd), "syllable_names": names,
         "warnings": _warnings(ctx), "provenance": s["provenance"],
         "log": str(logs[-1].relative_to(pd)) if logs else None,
@@ -217,16 +216,19 @@ def _natural(text: str):
 
 
 def _groups(ctx, pd: Path) -> dict | None:
+    """The analysis stage's group statistics, as files that exist (kpms_job/stages/analysis.py)."""
     from .. import report
 
     info = ctx.info("analysis")
     if not info.get("groups"):
         return None
     f = info.get("files", {})
-    tables = [f[k] for k in ("moseq_df", "stats_df") if f.get(k)] + list(f.get("transition_matrices", []))
+    tables = [f[k] for k in ("index", "moseq_df", "stats_df") if f.get(k)]
+    tables += list(f.get("significance", [])) + list(f.get("transition_matrices", []))
     return {"groups": info["groups"], "tables": report.existing(pd, tables)[0],
             "stats": report.existing(pd, f.get("syllable_stats", []))[0],
-            "transitions": report.existing(pd, f.get("transition_graphs", []))[0],
+            "transitions": report.existing(pd, [*f.get("transition_heatmaps", []),
+                                                *f.get("transition_graphs", [])])[0],
             "failed": info.get("failed", {})}
 
 

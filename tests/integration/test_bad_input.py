@@ -212,7 +212,8 @@ def test_two_keypoints_fit_with_the_smallest_latent_dim_keypoint_moseq_takes(tmp
     """Two keypoints in 2D leave one pose dimension after alignment; latent_dim 1 made jax-moseq's
     AR-HMM fail with a TypeError (exit 1, real IBL paw data). The job fits with latent_dim 2."""
     manifest = tiny_manifest(tmp_path, bodyparts__use=["snout", "tailbase"], outputs={"grid_movies": False,
-                                                                                       "figures": False})
+                                                                                       "figures": False,
+                                                                                       "trajectory_plots": False})
     res = run_job("run", manifest)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "project" / "summary.json").read_text())

@@ -86,7 +86,7 @@ def test_changing_full_iters_reruns_only_the_full_fit_and_after(finished):
     plan = run_job("plan", manifest)
     lines = {ln.split()[1]: ln.split()[0] for ln in plan.stdout.splitlines() if ln.startswith("  ")}
     assert [s for s, v in lines.items() if v == "RUN"] == ["full_model", "reindex", "results", "figures",
-                                                           "summary"], plan.stdout
+                                                           "analysis", "summary"], plan.stdout
     rerun = run_job("run", manifest)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     err = rerun.stderr

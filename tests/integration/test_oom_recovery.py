@@ -25,7 +25,7 @@ def two_recordings(tmp):
         shutil.copy(EXAMPLE_CSV, tmp / f"{name}.csv")
         paths.append(str(tmp / f"{name}.csv"))
     return tiny_manifest(tmp, inputs={"format": "deeplabcut", "paths": paths},
-                         outputs={"grid_movies": False, "figures": False, "csv": False})
+                         outputs={"grid_movies": False, "figures": False, "trajectory_plots": False, "csv": False})
 
 
 def labels(project):

@@ -26,8 +26,8 @@ from kpms_job.errors import InputDataError
 from kpms_job.state import JobState
 
 # written out, not read from pipeline.STAGES: a stage lost or moved there must fail these tests
-ALL = ["ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary"]
-FROM_FULL_MODEL = {"full_model", "reindex", "results", "figures", "summary"}
+ALL = ["ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "analysis", "summary"]
+FROM_FULL_MODEL = {"full_model", "reindex", "results", "figures", "analysis", "summary"}
 EXAMPLE_CSV = ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv"
 EXAMPLE_DATA = manifest.read_manifest_file(ROOT / "examples" / "manifest.yml")
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
@@ -88,7 +88,7 @@ def test_more_full_iters_reruns_the_full_fit_and_what_follows_only(done):
     ({"fitting__arhmm_iters": 7}, "arhmm"),
     ({"model__kappa": 123.0}, "arhmm"),
     ({"preprocessing__conf_threshold": 0.2}, "ingest"),
-    ({"outputs__grid_movies": False}, "figures"),
+    ({"groups": {"a": ["rec1"]}}, "analysis"),  # the figures draw no group: an edit of them skips figures
 ])
 def test_a_changed_setting_reruns_its_stage_and_everything_after(done, change, first):
     path, _ = done

@@ -39,7 +39,7 @@ def test_each_restart_has_its_seed_and_name(job):
 def test_the_graph_fits_each_restart_then_selects_once(job):
     keys = [d.key for d in pipeline.decide(_m(job, 2), JobState(Path(job).parent / "project"))]
     assert keys == ["ingest", "outliers", "pca", "arhmm@r00", "full_model@r00", "arhmm@r01", "full_model@r01",
-                    "select", "reindex", "results", "figures", "summary"]
+                    "select", "reindex", "results", "figures", "analysis", "summary"]
     one = [d.key for d in pipeline.decide(_m(job, 1), JobState(Path(job).parent / "project"))]
     assert one == list(pipeline.ORDER)  # restarts: 1 keeps the single-model graph
 
@@ -51,7 +51,7 @@ def test_one_more_restart_fits_only_that_one_and_selects_again(job):
     _record(_m(job, 3), state)
     assert not any(d.run for d in pipeline.decide(_m(job, 3), state))
     run = [d.key for d in pipeline.decide(_m(job, 4), state) if d.run]
-    assert run == ["arhmm@r03", "full_model@r03", "select", "reindex", "results", "figures", "summary"]
+    assert run == ["arhmm@r03", "full_model@r03", "select", "reindex", "results", "figures", "analysis", "summary"]
     # a change a fit reads refits every restart
     m = _m(job, 3)
     m["model"]["kappa"] = 2e4
@@ -99,7 +99,7 @@ def test_the_selection_rule_is_read_by_select_alone(job):
     m = _m(job, 3)
     m["restart_selection"] = "eml"
     assert [d.key for d in pipeline.decide(m, state) if d.run] == ["select", "reindex", "results", "figures",
-                                                                    "summary"]
+                                                                    "analysis", "summary"]
 
 
 @pytest.mark.parametrize(("rule", "medians", "expected"), [

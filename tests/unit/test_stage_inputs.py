@@ -58,9 +58,12 @@ RERUNS = [
     ("off", {"tuning": {}}, after("arhmm")),
     ("off", {"outputs.figures": False}, {"figures", "summary"}),
     ("off", {"outputs.grid_movies": False}, {"figures", "summary"}),
-    ("off", {"outputs.csv": False}, {"results", "figures", "summary"}),  # the results stage writes the CSVs
-    ("off", {"outputs.nwb": True}, {"results", "figures", "summary"}),  # ... and the NWB files
-    ("off", {"nwb": {"lab": "Example lab"}}, {"results", "figures", "summary"}),  # their metadata
+    ("off", {"outputs.csv": False}, {"results", "figures", "analysis", "summary"}),  # the results stage writes the CSVs
+    ("off", {"outputs.nwb": True}, {"results", "figures", "analysis", "summary"}),  # ... and the NWB files
+    ("off", {"nwb": {"lab": "Example lab"}}, {"results", "figures", "analysis", "summary"}),  # their metadata
+    ("off", {"outputs.trajectory_plots": False}, {"figures", "summary"}),
+    ("off", {"groups": {"a": ["rec1"]}}, {"analysis", "summary"}),
+    ("off", {"syllable_names": {"0": "rear"}}, {"analysis", "summary"}),
     ("off", {"fitting.arhmm_iters": 7}, after("arhmm")),
     ("off", {"fitting.full_iters": 20}, after("full_model")),
     ("off", {"fitting.save_every": 2}, after("arhmm")),
