@@ -25,14 +25,20 @@ from types import ModuleType
 
 from . import __version__, faults, inputs, restarts, watchdog
 from .manifest import tuning_settings
-from .state import SHARED_STAGES, JobState, ProjectLock, fingerprint, hash_file, output_error
+from .state import (
+    ORDER,
+    PER_RESTART,
+    SHARED_STAGES,
+    JobState,
+    ProjectLock,
+    fingerprint,
+    hash_file,
+    output_error,
+    plan_keys,
+)
 
 log = logging.getLogger("kpms_job")
 
-ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary")
-#: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
-#: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
-PER_RESTART = ("arhmm", "full_model")
 
 
 def package_versions() -> dict:
@@ -101,13 +107,7 @@ SELECT = Stage.declared("select")
 
 def graph(m: dict) -> list[tuple[Stage, int | None]]:
     """The stages of manifest ``m`` in order, each with its restart (None: the project's own)."""
-    n = restarts.count(m)
-    if n == 1:
-        return [(st, None) for st in STAGES]
-    after = [st for st in STAGES if st.name not in SHARED_STAGES + PER_RESTART]
-    return ([(BY_NAME[name], None) for name in SHARED_STAGES]
-            + [(BY_NAME[name], i) for i in range(n) for name in PER_RESTART]
-            + [(SELECT, None)] + [(st, None) for st in after])
+    return [(SELECT if name == "select" else BY_NAME[name], r) for name, r in plan_keys(restarts.count(m))]
 
 
 def key(name: str, restart: int | None) -> str:

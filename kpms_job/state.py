@@ -28,6 +28,23 @@ STATE_DIR = ".kpms-job"
 STATE_VERSION = 1
 #: The stages every restart shares: recorded in the project's own state, read by the restarts'.
 SHARED_STAGES = ("ingest", "outliers", "pca")
+#: The stages in the order they run (``kpms_job.pipeline`` declares each one); kept here, with their
+#: names only, so that ``kpms-job status`` lists a plan without importing the stages.
+ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "summary")
+#: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
+#: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
+PER_RESTART = ("arhmm", "full_model")
+
+
+def plan_keys(restarts: int) -> list[tuple[str, int | None]]:
+    """The stages of a job with ``restarts`` restarts in order, each with its restart (None: the
+    project's own): the shared stages, each restart's fits, select, then the rest."""
+    if restarts <= 1:
+        return [(name, None) for name in ORDER]
+    after = [name for name in ORDER if name not in SHARED_STAGES + PER_RESTART]
+    return ([(name, None) for name in SHARED_STAGES]
+            + [(name, i) for i in range(restarts) for name in PER_RESTART]
+            + [("select", None)] + [(name, None) for name in after])
 
 
 def state_dir(project_dir: str | Path, restart: int | None = None) -> Path:
