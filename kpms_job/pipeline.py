@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
-from . import __version__, faults, inputs, restarts, watchdog
+from . import __version__, faults, inputs, liveprogress, restarts, watchdog
 from .manifest import tuning_settings
 from .state import (
     ORDER,
@@ -107,7 +107,8 @@ SELECT = Stage.declared("select")
 
 def graph(m: dict) -> list[tuple[Stage, int | None]]:
     """The stages of manifest ``m`` in order, each with its restart (None: the project's own)."""
-    return [(SELECT if name == "select" else BY_NAME[name], r) for name, r in plan_keys(restarts.count(m))]
+    by_name = {**{st.name: st for st in STAGES}, "select": SELECT}  # STAGES as it is now (tests swap it)
+    return [(by_name[name], r) for name, r in plan_keys(restarts.count(m))]
 
 
 def key(name: str, restart: int | None) -> str:
@@ -303,6 +304,7 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
     if ctx.stop():
         return False
     watchdog.progress(f"stage-start:{st.name}")
+    liveprogress.stage_started(state.dir, st.name, d.restart, st.title, restarts.count(ctx.m))
     faults.point(f"stage-start:{st.name}")
     t0 = time.monotonic()
     try:
