@@ -82,7 +82,7 @@ def start(project_dir: str | Path, command: str, task=None, manifest: str | None
     name = f"{stamp}-{command}" + ("" if task is None else f"-task{task}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        rotate(folder)
+        rotate(folder, KEEP - 1)  # with this run's own: KEEP
         path = folder / f"{name}.log"
         n = 1
         while True:  # two runs started in one second get a log each
