@@ -59,8 +59,14 @@ def stage_started(folder: str | Path, name: str, restart: int | None, title: str
     _write(Path(folder), {**_current["record"], "updated_at": now_iso(), "updated": time.time(), "fit": None})
 
 
+def stage_ended() -> None:
+    """The stage is done: a failure from here on is not its (the file keeps it for status, which
+    reads in the job state that it is done)."""
+    _current.clear()
+
+
 def current() -> dict | None:
-    """The stage this process runs (or ran last), as published, or None."""
+    """The stage this process runs, as published, or None."""
     return dict(_current["record"]) if _current else None
 
 

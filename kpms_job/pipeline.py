@@ -323,6 +323,7 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
     faults.point(f"stage-end:{st.name}")
     seconds = time.monotonic() - t0
     state.record_stage(st.name, d.fingerprint, seconds, info)
+    liveprogress.stage_ended()
     watchdog.progress(f"stage-end:{st.name}")
     log.info("done  %-10s in %.1f s", d.label, seconds)
     outcome[d.key] = "ran"

@@ -116,11 +116,22 @@ class _LogFile(logging.FileHandler):
     ends with a code and no exception (a worker that failed, kappa tuning that missed)."""
 
     last_error: str | None = None
+    broken = False
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR:
             self.last_error = record.getMessage()
-        super().emit(record)
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # a full disk or a folder gone read-only: the job says so itself (exit 73); the console
+        # keeps every line, so the file stops here instead of printing a traceback for each line
+        self.broken = True
+        import sys
+
+        sys.stderr.write(f"kpms-job: cannot write the log file {self.baseFilename} any more; "
+                         "the console has every line\n")
 
 
 def _touch(path: Path, halt: threading.Event) -> None:
@@ -165,8 +176,9 @@ def finish(code: int, message: str | None = None) -> None:
             pass
         return
     line = f"exit {code}: {outcome}" + (f": {message}" if message and code != 5 else "")
-    logging.FileHandler.emit(handler, logging.LogRecord("kpms_job", logging.INFO if code in (0, 5) else logging.ERROR,
-                                   __file__, 0, line, None, None))
+    if not handler.broken:  # to the file only: the console has said it its own way
+        level = logging.INFO if code in (0, 5) else logging.ERROR
+        logging.FileHandler.emit(handler, logging.LogRecord("kpms_job", level, __file__, 0, line, None, None))
     stage = liveprogress.current()
     record.update(finished_at=now_iso(), exit_code=code, outcome=outcome, message=message,
                   stage=stage["stage"] if stage else None)
