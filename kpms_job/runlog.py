@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from datetime import UTC, datetime
@@ -53,12 +54,18 @@ def log_dir(project_dir: str | Path) -> Path:
     return state_dir(project_dir) / LOG_DIR
 
 
+def _order(path: Path) -> tuple[str, int]:
+    """Logs by start: the UTC stamp, then the number a second log of the same second got."""
+    found = re.search(r"-(\d+)\.log$", path.name)
+    return path.name[:16], int(found.group(1)) if found else 1
+
+
 def rotate(folder: Path, keep: int = KEEP) -> list[Path]:
     """Delete all but the ``keep`` newest logs in ``folder`` (by the start time in their names),
     except those written within LIVE_S seconds; return the deleted ones."""
     import time
 
-    logs = sorted(folder.glob("*.log"), key=lambda p: p.name, reverse=True)
+    logs = sorted(folder.glob("*.log"), key=_order, reverse=True)
     gone = []
     for p in logs[keep:]:
         try:
@@ -154,7 +161,7 @@ def latest(project_dir: str | Path) -> Path | None:
     mine = current()
     if mine is not None and mine.parent.resolve() == folder.resolve():
         return mine
-    logs = sorted(folder.glob("*.log"), key=lambda p: p.name)
+    logs = sorted(folder.glob("*.log"), key=_order)
     return logs[-1] if logs else None
 
 

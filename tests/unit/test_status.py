@@ -184,6 +184,8 @@ def test_rotation_keeps_the_20_newest_logs_and_any_still_being_written(tmp_path)
     later = folder / "29990101T000000Z-apply.log"
     later.write_text("x")
     assert runlog.latest(tmp_path) == later  # no log of this process: the one that started last
+    (folder / "29990101T000000Z-apply-2.log").write_text("x")  # a second one in that same second
+    assert runlog.latest(tmp_path).name == "29990101T000000Z-apply-2.log"
     assert runlog.latest(tmp_path / "elsewhere") is None
 
 
