@@ -37,6 +37,8 @@ a stage run again is ``kpms-job plan``'s to say.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -315,5 +317,8 @@ def render(s: dict) -> str:
 
 def main(target: str, as_json: bool = False) -> int:
     s = collect(target)
-    print(json.dumps(s, indent=1, default=str) if as_json else render(s))
+    try:
+        print(json.dumps(s, indent=1, default=str) if as_json else render(s), flush=True)
+    except BrokenPipeError:  # `kpms-job status ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
