@@ -243,3 +243,33 @@ def test_fit_progress_is_written_at_once_then_at_most_every_2_s(tmp_path):
     assert written["host"] == socket.gethostname() and written["pid"] == os.getpid()
     fit.update(10, 10, 0.1)  # the last iteration is always written
     assert liveprogress.read(tmp_path)["fit"]["iteration"] == 10
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from kpms_job.state import ProjectLock
+    lock = ProjectLock(sys.argv[1])
+    lock.acquire()
+    print("held", flush=True)
+    time.sleep(30)
+""")
+
+
+def test_a_run_that_finds_the_project_busy_leaves_no_log_and_no_record(tmp_path, job):
+    record_all(manifest.load(job))
+    project = tmp_path / "project"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(project)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = subprocess.run([sys.executable, "-m", "kpms_job", "run", str(job)], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+        assert res.returncode == 77, res.stderr
+        # it did nothing there: its log would only push the running job's out of the newest 20
+        assert list(runlog.log_dir(project).glob("*.log")) == []
+        assert runlog.read_last_run(state_dir(project)) is None
+        s = json.loads(subprocess.run([sys.executable, "-m", "kpms_job", "status", str(project), "--json"],
+                                      capture_output=True, text=True, timeout=60, cwd=ROOT).stdout)
+        assert s["job"]["state"] == "running" and s["job"]["lock"]["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
