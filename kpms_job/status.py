@@ -184,38 +184,40 @@ def collect(target: str | Path) -> dict:
         locks[i] = _lock(project, i)
         runs[i] = runlog.read_last_run(state_dir(project, i))
 
-    stages = []
-    for name, r in plan_keys(n):
-        st = state if r is None else restart_states[r]
-        key = name if r is None else f"{name}@r{r:02d}"
-        rec = st.data["stages"].get(name)
-        row = {"key": key, "name": name, "restart": r, "status": "waiting", "seconds": None,
-               "finished_at": None, "started_at": None, "result": None, "fit": None, "error": None}
-        prog, lock = progress.get(r), locks.get(r)
-        started = prog.get("started_at") if prog and prog.get("stage") == key else None
-        if started is not None and (rec is None or (rec.get("finished_at") or "") < started):
-            row["started_at"] = started
-            fit = prog.get("fit")
-            if fit:
-                row["fit"] = {**fit, "updated_at": prog.get("updated_at"), "age_s": _age(prog.get("updated_at"))}
-            if lock is not None and lock["state"] != "stopped":
-                row["status"] = "running"
-            else:
-                ended = _run_record([runs.get(r), runs[None]], key, started)
-                code = ended.get("exit_code") if ended else None
-                row["status"] = "failed" if code is not None and code not in (75, 76, *_FAILED_OK) else "interrupted"
-                row["error"] = (ended or {}).get("message") or (
-                    "the job stopped without a word (killed, or its machine lost): rerun to continue"
-                    if lock is not None else "stopped here: rerun to continue")
-        elif rec is not None:
-            row.update(status="done", seconds=rec.get("seconds"), finished_at=rec.get("finished_at"),
-                       result=_result(rec.get("info", {})) if name in ("arhmm", "full_model") else None)
-        stages.append(row)
-
-    job = _job(stages, locks, runs)
-    return {"project_dir": str(project), "manifest": manifest, "job": job, "stages": stages,
+    stages = [_stage_row(name, r, state if r is None else restart_states[r], progress.get(r), locks.get(r),
+                         [runs.get(r), runs[None]]) for name, r in plan_keys(n)]
+    newest = runlog.latest(project)
+    return {"project_dir": str(project), "manifest": manifest, "job": _job(stages, locks, runs), "stages": stages,
             "verdict": _verdict(project, state, restart_states), "last_run": last_run,
-            "log": str(runlog.latest(project)) if runlog.latest(project) else None}
+            "log": str(newest) if newest else None}
+
+
+def _stage_row(name: str, r: int | None, st: JobState, prog: dict | None, lock: dict | None,
+               runs: list[dict | None]) -> dict:
+    """One stage of the plan: done as its state records it, or running / interrupted / failed
+    where the progress its state dir holds names it (and it has not finished since it started)."""
+    key = name if r is None else f"{name}@r{r:02d}"
+    rec = st.data["stages"].get(name)
+    row = {"key": key, "name": name, "restart": r, "status": "waiting", "seconds": None,
+           "finished_at": None, "started_at": None, "result": None, "fit": None, "error": None}
+    started = prog.get("started_at") if prog and prog.get("stage") == key else None
+    if started is not None and (rec is None or (rec.get("finished_at") or "") < started):
+        row["started_at"] = started
+        if prog.get("fit"):
+            row["fit"] = {**prog["fit"], "updated_at": prog.get("updated_at"), "age_s": _age(prog.get("updated_at"))}
+        if lock is not None and lock["state"] != "stopped":
+            row["status"] = "running"
+            return row
+        ended = _run_record(runs, key, started)
+        code = ended.get("exit_code") if ended else None
+        row["status"] = "failed" if code is not None and code not in (75, 76, *_FAILED_OK) else "interrupted"
+        row["error"] = (ended or {}).get("message") or (
+            "the job stopped without a word (killed, or its machine lost): rerun to continue"
+            if lock is not None else "stopped here: rerun to continue")
+    elif rec is not None:
+        row.update(status="done", seconds=rec.get("seconds"), finished_at=rec.get("finished_at"),
+                   result=_result(rec.get("info", {})) if name in ("arhmm", "full_model") else None)
+    return row
 
 
 def _job(stages: list[dict], locks: dict, runs: dict) -> dict:
