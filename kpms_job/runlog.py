@@ -165,6 +165,22 @@ def latest(project_dir: str | Path) -> Path | None:
     return logs[-1] if logs else None
 
 
+def echo(text: str) -> None:
+    """Lines the console got from elsewhere (a worker's, passed on with its prefix), as they are:
+    they carry their own timestamps. Nothing without a log."""
+    handler = _run.get("handler")
+    if handler is None or handler.broken:
+        return
+    handler.acquire()
+    try:
+        handler.stream.write(text if text.endswith("\n") else text + "\n")
+        handler.stream.flush()
+    except (OSError, ValueError):
+        handler.broken = True
+    finally:
+        handler.release()
+
+
 def finish(code: int, message: str | None = None) -> None:
     """The run ends with exit ``code``: a last log line, ``last_run.json``, the log closed.
     ``message``: why it failed (default: the last error it logged). Nothing happens when no log

@@ -31,7 +31,7 @@ a stage run again is ``kpms-job plan``'s to say.
   ([min, max]) and ``in_target_window``; else None;
 - ``last_run``: ``last_run.json`` of the project (command, task, exit_code, outcome, message,
   stage, started_at, finished_at, host, pid, log), or None;
-- ``log``: the newest log file, or None.
+- ``log``: the log of the running job (the newest), else of the last run; None without one.
 """
 
 from __future__ import annotations
@@ -186,10 +186,15 @@ def collect(target: str | Path) -> dict:
 
     stages = [_stage_row(name, r, state if r is None else restart_states[r], progress.get(r), locks.get(r),
                          [runs.get(r), runs[None]]) for name, r in plan_keys(n)]
-    newest = runlog.latest(project)
-    return {"project_dir": str(project), "manifest": manifest, "job": _job(stages, locks, runs), "stages": stages,
+    job = _job(stages, locks, runs)
+    # the log of the run status speaks of: the running one's is the newest; else the last run's (with
+    # restarts in workers, each worker writes one too, and the run's own has their lines as well)
+    log = (last_run or {}).get("log")
+    if job["state"] in ("running", "unresponsive") or not log or not Path(log).exists():
+        log = runlog.latest(project)
+    return {"project_dir": str(project), "manifest": manifest, "job": job, "stages": stages,
             "verdict": _verdict(project, state, restart_states), "last_run": last_run,
-            "log": str(newest) if newest else None}
+            "log": str(log) if log else None}
 
 
 def _stage_row(name: str, r: int | None, st: JobState, prog: dict | None, lock: dict | None,

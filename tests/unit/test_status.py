@@ -273,3 +273,18 @@ def test_a_run_that_finds_the_project_busy_leaves_no_log_and_no_record(tmp_path,
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_lines_of_restart_workers_go_into_the_runs_log_as_to_its_console(tmp_path, capsys):
+    import io
+
+    from kpms_job import fanout
+
+    path = runlog.start(tmp_path, "run")
+    try:
+        line = "2026-01-01T00:00:00 INFO run   arhmm r01  AR-HMM fit (not done yet)\n"
+        fanout._pump(io.StringIO(line), "r01")
+    finally:
+        runlog.stop()
+    assert capsys.readouterr().err == f"[r01] {line}"
+    assert path.read_text() == f"[r01] {line}"
