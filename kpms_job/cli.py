@@ -1,4 +1,4 @@
-"""Command line: ``kpms-job [run] MANIFEST``, validate, plan, apply, init, selftest; exit codes in errors.py."""
+"""Command line: ``kpms-job [run] MANIFEST``, validate, plan, apply, init, status, selftest; exit codes in errors.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_OK, EXIT_TUNING_MISSED, EXIT_UNEXPECTED, JobError, UsageError
 
 log = logging.getLogger("kpms_job")
 
-COMMANDS = ("run", "validate", "plan", "apply", "init", "selftest")
+COMMANDS = ("run", "validate", "plan", "apply", "init", "status", "selftest")
 
 EPILOG = """exit codes: 0 done (or nothing to do), 1 unexpected error, 2 manifest or usage error,
 3 input data error, 4 out of memory after every fallback, 5 kappa tuning missed the target
@@ -38,9 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("validate", "check the manifest and exit"),
                        ("plan", "dry run: each stage, whether it would run or be skipped, and why"),
                        ("apply", "label new recordings with a fitted model (an apply manifest: "
-                                 "apply: {project_dir, inputs, ...})")):
+                                 "apply: {project_dir, inputs, ...})"),
+                       ("status", "what a job did and is doing in a project dir: each stage done, running "
+                                  "(the fit's iteration, kappa, time left), waiting or failed, and the "
+                                  "verdict; reads files only, works while the job runs and from another "
+                                  "machine")):
         sp = sub.add_parser(name, help=text, description=text)
-        sp.add_argument("manifest", nargs="?" if name == "plan" else None, help="manifest .yml/.yaml/.json")
+        if name == "status":
+            sp.add_argument("target", metavar="PROJECT_DIR_OR_MANIFEST",
+                            help="a project dir, or the manifest that names it")
+            sp.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
+        else:
+            sp.add_argument("manifest", nargs="?" if name == "plan" else None, help="manifest .yml/.yaml/.json")
         sp.add_argument("--debug", action="store_true", help="show tracebacks and keypoint-moseq's output")
         if name in ("run", "apply"):
             sp.add_argument("--wait", action="store_true",
@@ -108,6 +118,12 @@ def cmd_validate(args) -> int:
     print(f"{args.manifest}: valid. project_dir {m['project_dir']}, format {m['inputs']['format']}, "
           f"{len(m['inputs']['paths'])} input pattern(s)")
     return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from . import status
+
+    return status.main(args.target, as_json=args.json)
 
 
 def cmd_plan(args) -> int:
@@ -328,8 +344,8 @@ def cmd_run(args) -> int:
     from . import signals
 
     signals.install()  # before the imports below: numpy starts its BLAS threads at import (signals.install)
-    from . import inputs, manifest, pipeline, restarts
-    from .state import JobState
+    from . import inputs, manifest, pipeline, restarts, runlog
+    from .state import JobState, state_dir
 
     t0 = time.monotonic()
     m = manifest.load(args.manifest)
@@ -339,6 +355,11 @@ def cmd_run(args) -> int:
     task = restarts.parse_task(args.task, m)
     if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
         raise UsageError(f"command line: --workers: expected a number of at least 1 or auto, got {args.workers!r}")
+    # from here on the job creates the project dir: its log starts there now; a restart's task
+    # records how it ended in its restart's state dir, beside the fits it ran
+    runlog.start(m["project_dir"], "run", task=task, manifest=str(Path(args.manifest).resolve()),
+                 state_folder=state_dir(m["project_dir"], task) if isinstance(task, int) else None,
+                 restarts=restarts.count(m))
     if task is None and restarts.count(m) > 1:
         parts = [("shared", args.wait), ("fits", args.wait), ("rest", True)]
     elif task is None:
@@ -392,6 +413,15 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
+    from . import runlog
+
+    code, message = _command(argv)
+    runlog.finish(code, message)  # the run's log and last_run.json, where the run started them
+    return code
+
+
+def _command(argv=None) -> tuple[int, str | None]:
+    """Run the command: (exit code, what went wrong or None)."""
     from .console import setup_logging
 
     argv = _argv(argv)
@@ -401,27 +431,27 @@ def _main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
-            return EXIT_OK
+            return EXIT_OK, None
         if args.command == "selftest":
             from . import selftest
 
-            return selftest.run(require_gpu=args.require_gpu, cpu=args.cpu)
-        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan,
-                "apply": cmd_apply, "init": cmd_init}[args.command](args)
+            return selftest.run(require_gpu=args.require_gpu, cpu=args.cpu), None
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
+                "init": cmd_init, "status": cmd_status}[args.command](args), None
     except JobError as exc:
         if debug:
             traceback.print_exc()
         print(f"kpms-job: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exc.exit_code, str(exc)
     except KeyboardInterrupt:
         print("kpms-job: interrupted; rerun the same command to continue", file=sys.stderr)
-        return 75
+        return 75, "interrupted (Ctrl-C)"
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one message, exit 1
         if debug:
             traceback.print_exc()
         print(f"kpms-job: unexpected error: {type(exc).__name__}: {exc}\n"
               "Rerun with --debug for the traceback, and report it if it persists.", file=sys.stderr)
-        return EXIT_UNEXPECTED
+        return EXIT_UNEXPECTED, f"unexpected error: {type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from . import restarts, signals
+from . import restarts, runlog, signals
 
 log = logging.getLogger("kpms_job")
 
@@ -48,6 +48,7 @@ def worker_count(m: dict, state, requested: str) -> tuple[int, list[str], str]:
 def _pump(stream, prefix: str) -> None:
     for line in stream:
         sys.stderr.write(f"[{prefix}] {line}")
+        runlog.echo(f"[{prefix}] {line}")  # this run's log holds what its console showed
     stream.close()
 
 

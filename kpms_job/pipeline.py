@@ -23,17 +23,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
-from . import __version__, faults, groups, inputs, restarts, watchdog
+from . import __version__, faults, groups, inputs, liveprogress, restarts, watchdog
 from .manifest import tuning_settings
-from .state import SHARED_STAGES, JobState, ProjectLock, fingerprint, hash_file, output_error
+from .state import (
+    ORDER,
+    PER_RESTART,
+    SHARED_STAGES,
+    JobState,
+    ProjectLock,
+    fingerprint,
+    hash_file,
+    output_error,
+    plan_keys,
+)
 
 log = logging.getLogger("kpms_job")
 
-ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "analysis",
-         "summary")
-#: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
-#: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
-PER_RESTART = ("arhmm", "full_model")
 
 
 def package_versions() -> dict:
@@ -102,13 +107,8 @@ SELECT = Stage.declared("select")
 
 def graph(m: dict) -> list[tuple[Stage, int | None]]:
     """The stages of manifest ``m`` in order, each with its restart (None: the project's own)."""
-    n = restarts.count(m)
-    if n == 1:
-        return [(st, None) for st in STAGES]
-    after = [st for st in STAGES if st.name not in SHARED_STAGES + PER_RESTART]
-    return ([(BY_NAME[name], None) for name in SHARED_STAGES]
-            + [(BY_NAME[name], i) for i in range(n) for name in PER_RESTART]
-            + [(SELECT, None)] + [(st, None) for st in after])
+    by_name = {**{st.name: st for st in STAGES}, "select": SELECT}  # STAGES as it is now (tests swap it)
+    return [(by_name[name], r) for name, r in plan_keys(restarts.count(m))]
 
 
 def key(name: str, restart: int | None) -> str:
@@ -315,6 +315,7 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
     if ctx.stop():
         return False
     watchdog.progress(f"stage-start:{st.name}")
+    liveprogress.stage_started(state.dir, st.name, d.restart, st.title, restarts.count(ctx.m))
     faults.point(f"stage-start:{st.name}")
     t0 = time.monotonic()
     warned = _Warnings()
@@ -339,6 +340,7 @@ def _run_stage(ctx: Context, d: Decision, state: JobState, outcome: dict) -> boo
     faults.point(f"stage-end:{st.name}")
     seconds = time.monotonic() - t0
     state.record_stage(st.name, d.fingerprint, seconds, info)
+    liveprogress.stage_ended()
     watchdog.progress(f"stage-end:{st.name}")
     log.info("done  %-10s in %.1f s", d.label, seconds)
     outcome[d.key] = "ran"

@@ -28,6 +28,24 @@ STATE_DIR = ".kpms-job"
 STATE_VERSION = 1
 #: The stages every restart shares: recorded in the project's own state, read by the restarts'.
 SHARED_STAGES = ("ingest", "outliers", "pca")
+#: The stages in the order they run (``kpms_job.pipeline`` declares each one); kept here, with their
+#: names only, so that ``kpms-job status`` lists a plan without importing the stages.
+ORDER = ("ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "analysis",
+         "summary")
+#: With restarts (manifest ``restarts`` > 1) these run once per restart, in the restart's own state
+#: and under its own lock; ``select`` then picks one, and the stages after it work on that one.
+PER_RESTART = ("arhmm", "full_model")
+
+
+def plan_keys(restarts: int) -> list[tuple[str, int | None]]:
+    """The stages of a job with ``restarts`` restarts in order, each with its restart (None: the
+    project's own): the shared stages, each restart's fits, select, then the rest."""
+    if restarts <= 1:
+        return [(name, None) for name in ORDER]
+    after = [name for name in ORDER if name not in SHARED_STAGES + PER_RESTART]
+    return ([(name, None) for name in SHARED_STAGES]
+            + [(name, i) for i in range(restarts) for name in PER_RESTART]
+            + [("select", None)] + [(name, None) for name in after])
 
 
 def state_dir(project_dir: str | Path, restart: int | None = None) -> Path:
@@ -197,6 +215,14 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has ended and waits for its parent to reap it (Linux; else False)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class ProjectLock:
     """One writer per project dir, also across hosts of a shared filesystem.
 
@@ -267,6 +293,8 @@ class ProjectLock:
             return False
         except (PermissionError, OverflowError, ValueError):
             return True
+        if _zombie(pid):  # ended, not yet reaped by its parent: it writes nothing more
+            return False
         if created is not None:
             started = _process_start(pid)
             if started is not None and started > float(created) + 1.0:
@@ -354,6 +382,28 @@ class ProjectLock:
             time.sleep(poll)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
+
+    def describe(self) -> dict | None:
+        """The holder as any reader sees it (``kpms-job status``), or None without a lock: host, pid,
+        since, ``heartbeat_age_s`` (its file's age where it has no heartbeat) and ``process_gone``
+        (True when, on this same host, its process has ended; None where that cannot be told,
+        such as from another host)."""
+        text = self._read(self.path)
+        if text is None:
+            return None
+        holder = self._parse(text)
+        beat = holder.get("heartbeat")
+        if not isinstance(beat, (int, float)) or isinstance(beat, bool):
+            try:
+                beat = self.path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+        gone = None
+        if holder.get("host") == self.me["host"]:
+            alive = self._pid_alive_and_holder(holder)
+            gone = None if alive is None else not alive
+        return {"host": holder.get("host"), "pid": holder.get("pid"), "since": holder.get("since"),
+                "heartbeat_age_s": round(max(0.0, time.time() - float(beat)), 1), "process_gone": gone}
 
     def held(self) -> bool:
         """Whether a live job (not this object) holds this lock now."""

@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import signals
+from . import runlog, signals
 from .errors import EXIT_STALLED
 
 log = logging.getLogger("kpms_job")
@@ -223,6 +223,7 @@ def _stalled(idle: float, limit: float, why: str, where: str) -> None:
                   EXIT_STALLED, where)
         for h in log.handlers:
             h.flush()
+        runlog.finish(EXIT_STALLED, f"no progress for {idle:.0f} s after {where}")
         sys.stdout.flush()
         sys.stderr.flush()
     finally:

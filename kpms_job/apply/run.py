@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import faults, inputs, signals
+from .. import faults, inputs, runlog, signals
 from ..errors import InputDataError, Interrupted
 from ..state import ProjectLock, atomic_write_text, fingerprint, hash_file, now_iso, state_dir
 from . import report, trained
@@ -143,6 +143,7 @@ def run(m: dict, wait: bool = False) -> int:
         from ..state import output_error
 
         raise output_error(exc, out) from exc
+    runlog.start(out, "apply", manifest=m.get("source"))
     lock = ProjectLock(out)
     lock.acquire(wait=wait)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+from .. import liveprogress
 from ..console import IterationProgress
 from ..errors import Interrupted
 
@@ -34,7 +35,8 @@ def settings(ctx) -> dict:
 
 
 def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_only: bool,
-              label: str, on_iteration=None, on_start=None, finished=None, on_nan=None, save_now=None):
+              label: str, on_iteration=None, on_start=None, finished=None, on_nan=None, save_now=None,
+              live_fields=None):
     """Run (or resume) a fit to ``num_iters`` iterations; return (model, data, metadata).
 
     Parameters
@@ -48,6 +50,8 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
     finished : callable (iteration) -> bool, optional
         Ends the chain before ``num_iters`` (the tuner decides its own length).
     on_nan : callable (iteration, last_good_model) -> model or None, optional
+    live_fields : callable () -> dict, optional
+        What else ``kpms-job status`` shows of the iteration just done (kappa tuning: its median).
     """
     from ..kpms import gibbs as A
 
@@ -75,11 +79,13 @@ def fit_chain(ctx, model_name: str, key: str, make_model, num_iters: int, ar_onl
             on_start(start, model)
         if start >= num_iters or (finished is not None and start > 0 and finished(start)):
             return model, data, metadata
-        bar = IterationProgress(label, start, num_iters)
+        bar = IterationProgress(label, start, num_iters, live=liveprogress.FitProgress(ctx.state.dir, label))
 
         def hook(it, mdl):
             out = on_iteration(it, mdl, data) if on_iteration else None
-            bar.update(it)
+            # the kappa the next iteration runs at: tuning may just have corrected it
+            kappa = A.model_kappa(out if out is not None else mdl)
+            bar.update(it, kappa=kappa, **(live_fields() if live_fields else {}))
             return out
 
         try:

@@ -83,7 +83,8 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
     model, data, _ = fit_chain(ctx, name, key, make, cfg.max_iters, ar_only=ar_only, label=label,
                                on_iteration=on_iteration, on_start=on_start,
                                finished=lambda it: holder["t"].done(it), on_nan=on_nan,
-                               save_now=lambda it: holder["t"].base_iter == it)
+                               save_now=lambda it: holder["t"].base_iter == it,
+                               live_fields=lambda: {"median_ms": (holder["t"].medians or [(None, None)])[-1][1]})
     t = holder["t"]
     final = A.median_duration_ms(model, data, ctx.fps)
     delivered = t.delivery(final)

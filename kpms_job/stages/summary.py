@@ -198,7 +198,9 @@ def report_context(ctx, s: dict) -> dict:
         total += r
         variance.append((k, total))
     names = ctx.info("analysis").get("syllable_names") or {}
-    logs = sorted((pd / ".kpms-job" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
+    from .. import runlog
+
+    log_file = runlog.latest(pd)  # this run's own log
     return {
         "s": s, "figures": figures, "missing": missing, "variance": variance,
         "interpolated": ctx.info("outliers").get("interpolated_keypoints", {}),
@@ -207,7 +209,7 @@ def report_context(ctx, s: dict) -> dict:
         "movies": files(made_files.get("grid_movies", [])),
         "groups": _groups(ctx, pd), "syllable_names": names,
         "warnings": _warnings(ctx), "provenance": s["provenance"],
-        "log": str(logs[-1].relative_to(pd)) if logs else None,
+        "log": os.path.relpath(log_file, pd) if log_file else None,
     }
 
 

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from jobs import EXAMPLE_CSV, ROOT, run_job, tiny_manifest
 
+from kpms_job import runlog
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = EXAMPLE_CSV.stem  # the recording's name in the fit
@@ -119,6 +121,9 @@ def test_rerun_is_a_no_op_and_a_new_file_is_applied_alone(fitted, tmp_path):
     grown = run_job("apply", m)
     assert grown.returncode == 0, grown.stderr[-3000:]
     assert "1 done, 1 to apply" in grown.stderr and "batch 1/1: second " in grown.stderr, grown.stderr[-3000:]
+    # each apply left its log in its output folder, the newest with this one's lines
+    logs = list((res.parent / ".kpms-job" / "logs").glob("*-apply*.log"))
+    assert len(logs) == 3 and "INFO batch 1/1: second " in runlog.latest(res.parent).read_text()
     after = labels(res)
     assert set(after) == {"first", "second"} and np.array_equal(after["first"], before["first"])
     m = apply_manifest(tmp_path, fitted, [first, second], name="grow", top={"outputs": {"nwb": True}, "nwb": META})

@@ -159,3 +159,14 @@ def test_recordings_no_group_names_are_ungrouped(copy):
     info = analysis_info(project)
     assert info["groups"] == {"ctrl": ["ctrl1", "ctrl2"], "ungrouped": ["ko1", "ko2"]}
     assert set(pd.read_csv(project / info["files"]["stats_df"])["group"]) == {"ctrl", "ungrouped"}
+
+
+def test_the_report_shows_the_groups_their_statistics_and_the_syllable_names(grouped):
+    _, project, _ = grouped
+    html = (project / "report.html").read_text()
+    files = analysis_info(project)["files"]
+    assert 'id="groups"' in html and "<td>ctrl</td><td>ctrl1, ctrl2</td>" in html
+    for f in [*files["syllable_stats"], *files["transition_graphs"]]:
+        assert f'src="{f}"' in html, f
+    assert f'href="{files["stats_df"]}"' in html
+    assert "<td>rear</td>" in html and "<td>walk</td>" in html

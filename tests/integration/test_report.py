@@ -71,6 +71,8 @@ def test_report_shows_the_verdict_the_figures_and_the_movies(project):
     for ref in media.images + media.videos + media.links:
         assert not ref.startswith("/") and (project / ref).is_file(), f"{ref}: broken reference"
     assert "openfield_dlc_inference_example" in html and "Resolved manifest" in html
+    log = re.search(r'The full log of the run: <a href="([^"]+)"', html).group(1)  # the run's own log
+    assert log.startswith(".kpms-job/logs/") and "done  figures" in (project / log).read_text()
     assert "report.html" in (project / "summary.md").read_text()
 
 

@@ -40,6 +40,10 @@ def test_a_hang_mid_fit_exits_76_with_stacks_and_a_rerun_continues(tmp_path):
     assert not (project / ".kpms-job" / "lock").exists()
     assert (project / "kpms_job" / "checkpoint.h5").exists()
     assert took < 200, took
+    # kpms-job status tells it from the files the job left: stalled, in the full model
+    s = json.loads(run_job("status", project, "--json").stdout)
+    assert s["job"]["state"] == "stalled" and s["last_run"]["exit_code"] == EXIT_STALLED
+    assert next(x for x in s["stages"] if x["key"] == "full_model")["status"] == "interrupted"
     rerun = run_job("run", manifest, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from the snapshot at iteration 2" in rerun.stderr, rerun.stderr[-3000:]

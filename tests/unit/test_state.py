@@ -354,6 +354,7 @@ def test_a_fit_stops_before_the_snapshot_of_the_iteration_in_which_the_lock_was_
     import kpms_job.kpms
 
     fake = types.SimpleNamespace(run_gibbs=run_gibbs, median_duration_ms=lambda *a: 300.0,
+                                 model_kappa=lambda model: 1e4,  # published as the fit's progress
                                  out_of_memory_is_fit_error=contextlib.nullcontext)
     monkeypatch.setitem(sys.modules, "kpms_job.kpms.gibbs", fake)
     monkeypatch.setattr(kpms_job.kpms, "gibbs", fake, raising=False)
