@@ -25,7 +25,7 @@ def tiny_manifest(tmp: Path, **overrides) -> Path:
         "model": {"num_states": 20, "kappa": 1e4, "seed": 0},
         "tuning": "off",
         "fitting": {"arhmm_iters": 6, "full_iters": 6, "save_every": 2},
-        "outputs": {"grid_movies": False},
+        "outputs": {"grid_movies": False, "trajectory_plots": False},  # each costs a figure child
     }
     for key, value in overrides.items():
         section, _, field = key.partition("__")

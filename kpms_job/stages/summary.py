@@ -235,11 +235,13 @@ def _groups(ctx, pd: Path) -> dict | None:
 
 
 def _warnings(ctx) -> dict:
-    """The warnings each stage logged when it last ran (kept in its state record)."""
+    """The warnings each stage logged when it last ran (kept in its state record), less those
+    that say again why a figure listed as not made failed."""
+    shown = [why for name in ("figures", "analysis") for why in ctx.info(name).get("failed", {}).values()]
     out = {}
     for name in ctx.stage_names:
-        msgs = ctx.info(name).get("warnings") if name != "summary" else None
-        if msgs:
+        msgs = [m for m in (ctx.info(name).get("warnings") or []) if not any(why in m for why in shown)]
+        if msgs and name != "summary":
             out[name] = msgs
     return out
 

@@ -55,7 +55,8 @@ def edit(path: Path, **fields) -> None:
 def grouped(tmp_path_factory):
     """(manifest path, project dir, the run) of the four recordings in two groups, with names."""
     folder = tmp_path_factory.mktemp("groups")
-    path = manifest(folder, groups=GROUPS, syllable_names=SYLLABLE_NAMES)
+    path = manifest(folder, groups=GROUPS, syllable_names=SYLLABLE_NAMES,
+                    outputs={"grid_movies": False, "trajectory_plots": True})
     r = run_job("run", path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return path, folder / "project", r
