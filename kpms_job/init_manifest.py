@@ -24,7 +24,7 @@ import yaml
 from .errors import InputDataError, UsageError
 from .manifest import load_schema, validate
 from .manifest_file import read_manifest_file
-from .tracking_files import NotTracking, Tracking, classify, first_line, read
+from .tracking_files import NotTracking, Tracking, classify, first_line, read, video_fps
 
 # keypoint-moseq's check_nan_proportions warns about a bodypart missing in more than half of the
 # frames; such a bodypart is mostly interpolation in the model, so init leaves it out of `use`
@@ -74,17 +74,6 @@ def nan_fractions(trackings: list[Tracking], bodyparts: list[str]) -> tuple[dict
             missing += np.isnan(arr[:, idx]).any(axis=-1).sum(axis=0)
             frames += arr.shape[0]
     return {b: float(missing[i] / frames) if frames else 1.0 for i, b in enumerate(bodyparts)}, frames
-
-
-def _video_fps(path: Path) -> float | None:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
-    finally:
-        cap.release()
-    return float(fps) if fps and fps > 0 else None
 
 
 def match_videos(trackings: list[Tracking], tracking_files: list[Path]) -> dict[Path, Path]:
@@ -457,7 +446,7 @@ def _fps(sc: Scan, base: Path, checks: list[str]):
     found: dict[str, tuple[float, str]] = {}
     for t in sc.trackings:
         v = videos.get(t.path)
-        rate = _video_fps(v) if v is not None else None
+        rate = video_fps(v) if v is not None else None
         if rate:
             found[str(t.path)] = (rate, f"the video {_rel(v, base)} (OpenCV)")
         elif t.fps:

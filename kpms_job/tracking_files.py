@@ -325,3 +325,15 @@ def count(m: dict) -> tuple[list[int], int]:
             names = t.bodyparts or list(range(next(iter(t.recordings.values())).shape[1]))
     use = (m.get("bodyparts") or {}).get("use")
     return lengths, len(use) if use else len(names or [])
+
+
+def video_fps(path) -> float | None:
+    """A video's frame rate from its header (OpenCV), or None."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return float(fps) if fps and fps > 0 else None

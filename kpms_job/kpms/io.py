@@ -162,17 +162,6 @@ def load_file(path: str, fmt: str, exclude_individuals: list[str]):
     return coords, confs, list(bodyparts)
 
 
-def video_fps(path: str) -> float | None:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
-    finally:
-        cap.release()
-    return float(fps) if fps and fps > 0 else None
-
-
 def find_videos(video_dir: str, names: list[str]) -> dict:
     with quiet():
         return kpms.find_matching_videos(names, video_dir, as_dict=True)

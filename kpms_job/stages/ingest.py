@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import groups, inputs
+from .. import groups, inputs, tracking_files
 from ..errors import InputDataError, ManifestError
 from . import arrays
 
@@ -97,7 +97,7 @@ def _resolve_fps(m, names, origin):
             log.warning("could not match videos to recordings: %s", exc)
             videos = {}
         for v in videos.values():
-            fps = io.video_fps(v)
+            fps = tracking_files.video_fps(v)
             if fps:
                 found[v] = fps
     if not found and m["inputs"]["format"] == "nwb":
