@@ -27,6 +27,7 @@ def test_a_missing_gpu_fails_at_once_with_what_to_do():
 
 
 def test_a_fit_that_fails_fails_the_selftest():
-    res = run_job("selftest", env={"KPMS_JOB_FAULT": "oom@init_model"}, timeout=900)
+    # the test fit is killed as its first stage starts: a failed fit, without fitting anything
+    res = run_job("selftest", env={"KPMS_JOB_FAULT": "kill@stage-start:ingest"}, timeout=900)
     assert res.returncode == 78, res.stdout + res.stderr
     assert "the test fit failed" in res.stdout and "selftest FAILED" in res.stderr

@@ -69,7 +69,7 @@ def test_a_fit_in_progress_shows_its_live_iteration(journey):
     assert s["job"]["state"] == "running" and s["job"]["lock"]["pid"] == journey["pid"]
     arhmm = next(x for x in s["stages"] if x["key"] == "arhmm")
     assert arhmm["status"] == "running" and 1 <= arhmm["fit"]["iteration"] < 400 and arhmm["fit"]["total"] == 400
-    assert [x["status"] for x in s["stages"]] == ["done"] * 3 + ["running"] + ["waiting"] * 5
+    assert [x["status"] for x in s["stages"]] == ["done"] * 3 + ["running"] + ["waiting"] * (len(ORDER) - 4)
 
 
 def test_a_killed_job_shows_stopped_where_it_stopped_not_running(journey):
@@ -86,7 +86,7 @@ def test_a_finished_job_shows_every_stage_done_and_the_verdict(journey):
     text, s = journey["done"], journey["done_json"]
     summary = json.loads((journey["project"] / "summary.json").read_text())
     assert text.startswith(f"{journey['project']}: FINISHED")
-    assert [x.split()[0] for x in text.splitlines()[1:10]] == ["done"] * len(ORDER)
+    assert [x.split()[0] for x in text.splitlines()[1:1 + len(ORDER)]] == ["done"] * len(ORDER)
     lo, hi = summary["target_median_duration_ms"]
     where = "in the window" if summary["in_target_window"] else "OUTSIDE the window"
     assert (f"verdict: median syllable duration {summary['median_duration_ms']:.0f} ms, target {lo:g}-{hi:g} ms: "
