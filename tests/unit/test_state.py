@@ -224,8 +224,9 @@ def test_a_lock_file_being_written_is_not_taken_over(tmp_path):
 
 def test_a_lock_left_by_an_earlier_process_with_our_pid_is_stale(tmp_path):
     """A restarted container runs the job under the same pid (and host name) as before."""
+    # created well before this process started (a test session may run for more than an hour)
     _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid(), since="2020-01-01T00:00:00+00:00",
-                created=time.time() - 3600, heartbeat=time.time())
+                created=time.time() - 30 * 86400, heartbeat=time.time())
     lock = ProjectLock(tmp_path)
     lock.acquire()
     try:  # while this process holds it, a second acquire (same pid) is refused
