@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -181,7 +180,9 @@ def report_context(ctx, s: dict) -> dict:
         return have
 
     def glob(pattern):
-        return sorted((str(p.relative_to(pd)) for p in pd.glob(pattern)), key=_natural)
+        from .figures import _natural
+
+        return [str(p.relative_to(pd)) for p in sorted(pd.glob(pattern), key=_natural)]
 
     figures = {
         "pca": files(["pca_scree.png"]),
@@ -211,10 +212,6 @@ def report_context(ctx, s: dict) -> dict:
         "warnings": _warnings(ctx), "provenance": s["provenance"],
         "log": os.path.relpath(log_file, pd) if log_file else None,
     }
-
-
-def _natural(text: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def _groups(ctx, pd: Path) -> dict | None:
