@@ -327,31 +327,76 @@ class ProjectLock:
             json.dump({**self.me, "heartbeat": time.time()}, fh)
         return True
 
-    def _take_over(self, text: str, holder: dict) -> None:
-        """Remove the stale lock whose content was ``text``, unless it changed meanwhile."""
-        aside = self.path.with_name(f"lock.stale.{self.me['host']}.{os.getpid()}.{threading.get_ident()}")
+    # a takeover takes milliseconds: a takeover claim older than this was left by a recoverer that died
+    TAKEOVER_STALE_S = 30.0
+
+    def _claim_takeover(self, claim: Path) -> bool:
+        """Claim the right to remove a stale lock (O_EXCL on ``lock.takeover``); False: another
+        recoverer holds it (or held it and died: then its claim is removed and we look again)."""
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # another recoverer was first
-        if self._read(aside) != text:
-            # between our look and the rename, another job replaced the stale lock by its own
-            # fresh one (or the holder beat): put it back, unless a lock exists again
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            text = self._read(claim)
+            if text is None:
+                return False
+            holder = self._parse(text)
+            dead = holder.get("host") == self.me["host"] and self._pid_alive_and_holder(holder) is False
             try:
-                os.link(aside, self.path)
+                old = time.time() - claim.stat().st_mtime > self.TAKEOVER_STALE_S
+            except FileNotFoundError:
+                return False
+            if dead or old:
+                self._remove_if_unchanged(claim, text)
+            return False
+        except OSError as exc:
+            raise output_error(exc, claim) from exc
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"host": self.me["host"], "pid": os.getpid(), "created": time.time()}, fh)
+        return True
+
+    def _remove_if_unchanged(self, path: Path, text: str) -> bool:
+        """Remove ``path`` if its content is still ``text``; True when removed."""
+        aside = path.with_name(f"{path.name}.stale.{self.me['host']}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if self._read(aside) != text:
+            # it changed between our look and the rename (the holder beat): put it back, unless a
+            # new one exists already (then the holder, judged stale, has lost it and learns so)
+            try:
+                os.link(aside, path)
             except FileExistsError:
                 pass
             except OSError:  # no hard links on this filesystem
-                if not self.path.exists():
-                    os.rename(aside, self.path)
-                    return
+                if not path.exists():
+                    os.rename(aside, path)
+                    return False
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(aside)
-            return
+            return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(aside)
-        log.warning("recovered a stale lock left by %s pid %s (since %s)",
-                    holder.get("host"), holder.get("pid"), holder.get("since"))
+        return True
+
+    def _take_over(self, text: str, holder: dict) -> None:
+        """Remove the stale lock whose content was ``text``, unless it changed meanwhile.
+
+        Only the recoverer holding ``lock.takeover`` may remove it: without that claim two
+        recoverers could each judge the same stale lock, the first remove it and make its own,
+        and the second then remove the first's fresh lock (both would believe they hold it).
+        """
+        claim = self.path.with_name("lock.takeover")
+        if not self._claim_takeover(claim):
+            return  # another recoverer is at it: look again
+        try:
+            # looked at again under the claim: another recoverer may have replaced it meanwhile
+            if self._read(self.path) == text and self._remove_if_unchanged(self.path, text):
+                log.warning("recovered a stale lock left by %s pid %s (since %s)",
+                            holder.get("host"), holder.get("pid"), holder.get("since"))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(claim)
 
     def acquire(self, wait: bool = False, poll: float = 2.0) -> None:
         waiting = False
