@@ -432,6 +432,9 @@ def run(m: dict, state: JobState, stop=None, prepared: dict | None = None, part=
     # compiled XLA programs persist beside the state, so a resumed or rerun job skips the compile
     # (about 45 s for the full model on a CPU); read by JAX at import, which no stage has done yet
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ctx.work_dir / "jax-cache"))
+    # JAX keeps only programs that took over a second to compile; the many quicker ones (the model's
+    # initialisation) still cost a resumed job about 10 s on a CPU, and take a few MB to keep
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     outcome: dict = {}
     decisions = decide(m, state, states=ctx.restart_states)
     check_groups(m, state, decisions)
