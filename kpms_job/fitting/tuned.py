@@ -40,10 +40,16 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
     medians = saved.get("medians", []) if mine else []
     holder = {"cfg": dataclasses.replace(cfg, start_ms=saved.get("start_ms")) if mine and measure_start else cfg}
 
-    def persist():
+    def persist(**more):
         allt = ctx.state.get("tuning", {})
-        allt[name] = {"key": key, "medians": holder["t"].medians, "start_ms": holder["cfg"].start_ms}
+        allt[name] = {"key": key, "medians": holder["t"].medians, "start_ms": holder["cfg"].start_ms, **more}
         ctx.state.put("tuning", allt)
+
+    if mine and saved.get("delivered") is not None:
+        # the chain ended and delivers an earlier state: a kill came after that was recorded,
+        # maybe before the checkpoint was cut there
+        holder["t"] = KappaTuner.replay(holder["cfg"], medians, medians[-1][0] if medians else 0)
+        return _deliver(ctx, name, label, cfg, holder["t"], tuple(saved["delivered"]), saved.get("ended_ms"))
 
     def on_start(start, model):
         t = KappaTuner.replay(holder["cfg"], medians, start)
@@ -83,15 +89,29 @@ def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_mo
     model, data, _ = fit_chain(ctx, name, key, make, cfg.max_iters, ar_only=ar_only, label=label,
                                on_iteration=on_iteration, on_start=on_start,
                                finished=lambda it: holder["t"].done(it), on_nan=on_nan,
-                               save_now=lambda it: holder["t"].base_iter == it,
+                               save_now=lambda it: holder["t"].keep_snapshot(it),
                                live_fields=lambda: {"median_ms": (holder["t"].medians or [(None, None)])[-1][1]})
     t = holder["t"]
-    final = A.median_duration_ms(model, data, ctx.fps)
-    delivered = t.delivery(final)
-    if delivered is not None:
-        model = A.load_snapshot(str(ctx.project_dir), name, delivered[0])
-        final = A.median_duration_ms(model, data, ctx.fps)
-    report = t.report(final, delivered)
+    ended = A.median_duration_ms(model, data, ctx.fps)
+    delivered = t.delivery(ended)
+    if delivered is None:
+        return _report(ctx, name, label, cfg, t, model, ended)
+    persist(delivered=list(delivered), ended_ms=ended if math.isfinite(ended) else None)
+    return _deliver(ctx, name, label, cfg, t, delivered, ended)
+
+
+def _deliver(ctx, name, label, cfg, t, delivered, ended):
+    """The chain ends at its delivered state: the checkpoint is cut there, so that keypoint-moseq's
+    ``load_checkpoint`` (and every later stage) reads that state as the fit's last."""
+    from ..kpms import gibbs as A
+
+    A.end_chain_at(str(ctx.project_dir), name, delivered[0])
+    model, data, _, _ = A.load_latest_snapshot(str(ctx.project_dir), name)
+    return _report(ctx, name, label, cfg, t, model, A.median_duration_ms(model, data, ctx.fps), delivered, ended)
+
+
+def _report(ctx, name, label, cfg, t, model, final, delivered=None, ended=None):
+    report = t.report(final, delivered, ended_ms=ended)
     (log.info if report["in_window"] else log.warning)("%s tuning: %s", label, report["verdict"])
     plot_trace(report, cfg, ctx.project_dir / name / "kappa_trace", label)
     return model, report
@@ -137,7 +157,7 @@ def run_arhmm(ctx, initial_model):
     cfg = _config(ctx, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"], aim=ts["arhmm_aim"])
     key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"]["seed"], ctx.m["model"]["kappa"],
                       {k: ts[k] for k in ("check_every", "fixed_fraction", "arhmm_aim", "arhmm_budget")},
-                      ctx.m["targets"]["median_duration_ms"], iters, "arhmm-tuned-3")
+                      ctx.m["targets"]["median_duration_ms"], iters, "arhmm-tuned-4")
     model, report = _tuned_chain(ctx, ctx.arhmm_name, "AR-HMM", key, cfg,
                                  lambda: initial_model(ctx, cfg.kappa0), ar_only=True, measure_start=True)
     return {"kappa": report["final_kappa"], "iterations": report["iterations"],
@@ -166,7 +186,7 @@ def run_full(ctx, from_arhmm, arhmm_key: str):
                               drift_horizon=int(ts["stability_iters"]))
     key = fingerprint(arhmm_key, {k: ts[k] for k in ("check_every", "fixed_fraction", "full_budget",
                                                                "stability_iters")},
-                      ctx.m["targets"]["median_duration_ms"], iters, start, cfg.start_ms, "full-tuned-5")
+                      ctx.m["targets"]["median_duration_ms"], iters, start, cfg.start_ms, "full-tuned-6")
     model, report = _tuned_chain(ctx, ctx.model_name, "full model", key, cfg,
                                  lambda: from_arhmm(ctx, start), ar_only=False)
     A.update_config(str(ctx.project_dir), kappa=float(report["final_kappa"]))

@@ -108,6 +108,11 @@ class KappaTuner(Verdict):
     # restart_probes: [log10 kappa, log10 duration] of each probe, the duration its LATEST check
     # measured while it ran on at its kappa (a probe that landed may jump out later: its fate counts)
     probes: list = field(default_factory=list, init=False)
+    # (iteration, log10 kappa, ms, iteration its kappa was set) of each check at which the tuner held
+    # and the state's own median was in the window: its snapshot is kept, and a chain that ends
+    # outside delivers the latest of them (real open field: probes measured 364 ms, then the
+    # budget ran out with every syllable merged, 4,667 ms, and that state was delivered)
+    keepers: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -119,6 +124,10 @@ class KappaTuner(Verdict):
     def base_iter(self) -> int | None:
         """The snapshot a downward correction rolls back to (None: there is none)."""
         return self.bases[-1][0] if self.bases else None
+
+    def keep_snapshot(self, iteration: int) -> bool:
+        """Whether the state after ``iteration`` must be saved: a base to roll back to, or a keeper."""
+        return self.base_iter == iteration or bool(self.keepers and self.keepers[-1][0] == iteration)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -270,6 +279,13 @@ class KappaTuner(Verdict):
         When a new kappa is returned and ``self.rollback`` is not None, the chain must
         continue from the snapshot at iteration ``self.rollback`` (with the new kappa).
         """
+        new = self._observe(iteration, median_ms)
+        if (new is None and self.checks and self.checks[-1].iteration == iteration
+                and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])):
+            self.keepers.append((iteration, math.log10(self.kappa), self.medians[-1][1], self.changed_at))
+        return new
+
+    def _observe(self, iteration: int, median_ms: float | None) -> float | None:
         self.rollback = None
         if median_ms is not None and not math.isfinite(median_ms):
             median_ms = None

@@ -20,14 +20,19 @@ class Verdict:
     def delivery(self, final_ms: float | None) -> tuple[int, float] | None:
         """(iteration, kappa) of the state to deliver instead of the final one, or None.
 
-        A chain that ends outside the window delivers the fitted state measured nearest to it:
-        the final state, or a base (a state measured short of the aim, with its snapshot) when
-        that was nearer. Seen on real data (648 fps): the AR-HMM stayed near 120 ms from kappa
-        1e12 to 1e17, then every syllable merged into one (8,253 ms, the whole recording) and
-        the budget ran out there; the full model started from that state stayed merged.
+        A chain that ends outside the window delivers the latest state it held in the window (a
+        keeper, with its snapshot) when there is one: the chain may have drifted or jumped out
+        after it. Else the fitted state measured nearest to the window: the final state, or a base
+        (a state measured short of the aim, with its snapshot) when that was nearer. Seen on real
+        data (648 fps): the AR-HMM stayed near 120 ms from kappa 1e12 to 1e17, then every syllable
+        merged into one (8,253 ms, the whole recording) and the budget ran out there; the full
+        model started from that state stayed merged.
         """
         if self.in_window(final_ms):
             return None
+        if self.keepers:
+            it, lk = self.keepers[-1][:2]
+            return it, 10 ** lk
         lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
 
         def off(ms):
@@ -41,12 +46,22 @@ class Verdict:
             return None
         return it, 10 ** lk
 
-    def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None) -> dict:
-        """The verdict; ``delivered``: (iteration, kappa) of the state delivered instead of the last."""
+    def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None,
+               ended_ms: float | None = None) -> dict:
+        """The verdict; ``delivered``: (iteration, kappa) of the state delivered instead of the last,
+        whose median is ``final_ms``; ``ended_ms``: the last state's median then."""
         inside = self.in_window(final_ms)
         fixed_from = self.changed_at
-        last = self.medians[-1][0] if self.medians else self.end_iteration()
-        if inside:
+        last = held = self.medians[-1][0] if self.medians else self.end_iteration()
+        kept = next((k for k in self.keepers if delivered and k[0] == delivered[0]), None)
+        if inside and kept is not None:
+            ended = "NaN" if ended_ms is None else f"{ended_ms:.0f}"
+            verdict = (f"in window: delivers the state of iteration {kept[0]} ({final_ms:.0f} ms at kappa "
+                       f"{delivered[1]:.3g}, after {kept[0] - kept[3]} iterations at that kappa), the last "
+                       f"state held in the window; the chain ran on to iteration {last} and ended at "
+                       f"{ended} ms at kappa {self.kappa:.3g}")
+            fixed_from, held = kept[3], kept[0]
+        elif inside:
             verdict = (f"in window: final median {final_ms:.0f} ms at kappa {self.kappa:.3g}; "
                        f"the last {last - fixed_from} iterations ran at that fixed kappa")
         else:
@@ -64,5 +79,5 @@ class Verdict:
         kappa = self.kappa if delivered is None else delivered[1]
         return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
-                "fixed_kappa_iters": last - fixed_from, "iterations": last, "gave_up": self.gave_up,
+                "fixed_kappa_iters": held - fixed_from, "iterations": last, "gave_up": self.gave_up,
                 "delivered_iteration": delivered[0] if delivered else None}

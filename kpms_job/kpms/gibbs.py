@@ -166,6 +166,24 @@ def drop_snapshots_after(path, iteration: int) -> None:
                 del f["model_snapshots"][k]
 
 
+def end_chain_at(project_dir, model_name, iteration: int) -> None:
+    """Make snapshot ``iteration`` the checkpoint's last, as if the chain had ended there:
+    ``kpms.load_checkpoint``, reindexing and the results read the last one. On a copy swapped in
+    atomically, so a kill leaves the whole chain or the ended one; repeating it changes nothing."""
+    import shutil
+
+    from ..signals import critical
+
+    path = checkpoint_path(project_dir, model_name)
+    if saved_iterations(path)[-1] <= iteration:
+        return
+    tmp = path.with_name("checkpoint.end.tmp.h5")
+    with critical():
+        shutil.copyfile(path, tmp)
+        drop_snapshots_after(tmp, iteration)
+        os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- sampling
 def _steady(model):
     """The model as every Gibbs iteration should see it: arrays committed to one device.

@@ -525,3 +525,37 @@ def test_when_probing_time_is_over_the_best_probe_runs_again_and_ages():
     assert commits[0].iteration <= t.cfg.max_iters - 100
     after = [c for c in t.checks if c.iteration > commits[0].iteration]
     assert not any("rollback" in c.action for c in after)
+
+
+def test_a_chain_that_jumps_out_after_holding_in_the_window_delivers_the_state_it_held():
+    """Real open field (2,330 frames, tuning on, 200 + 260 iterations): full-model probes measured
+    293-424 ms, one held in the window, then every syllable merged into one (4,667 ms) and the
+    budget ran out there. The job delivered the merged state (exit 5). The state held in the window
+    was a fitted state of the same chain: its snapshot is kept, and it is what is delivered."""
+    def ms(kappa, age):
+        return quantise(4667.0 if age > 60 else 345.0)
+
+    t = KappaTuner(make_cfg(kappa0=4.7e13, start_ms=290.0, fixed_iters=50, restart_probes=True,
+                            drift_horizon=100))
+    saved = set()
+    age = 0
+    for it in range(1, t.cfg.max_iters + 1):
+        age += 1
+        t.observe(it, ms(t.kappa, age))
+        if t.keep_snapshot(it):
+            saved.add(it)
+        if t.rollback is not None:
+            age = 0
+        if t.done(it):
+            break
+    assert not t.in_window(ms(t.kappa, age)), "the chain should have ended merged"
+    it, kappa = t.delivery(4667.0)
+    assert it in saved and t.in_window(dict(t.medians)[it])
+    assert it == max(k[0] for k in t.keepers)  # the latest state held in the window
+    rep = t.report(345.0, (it, kappa), ended_ms=4667.0)
+    assert rep["in_window"] and rep["delivered_iteration"] == it and rep["final_kappa"] == kappa
+    assert rep["verdict"].startswith(f"in window: delivers the state of iteration {it} (345 ms")
+    assert "ended at 4667 ms" in rep["verdict"] and rep["iterations"] == t.medians[-1][0]
+    # replayed (a resumed job), the same states are kept and the same one delivered
+    again = KappaTuner.replay(t.cfg, t.medians, t.medians[-1][0])
+    assert again.keepers == t.keepers and again.delivery(4667.0) == (it, kappa)
