@@ -40,14 +40,14 @@ lint: setup  ## ruff, the import contracts (lint-imports, pyproject.toml), and h
 docs: runtime  ## regenerate docs/manifest.md (the manifest reference) from the schemas
 	$(BIN)/python tools/manifest_docs.py
 
-demo: runtime  ## run the bundled example job
+demo: runtime  ## run the bundled example job (two mice, kappa tuning on: about 5 minutes on 2 cores)
 	$(BIN)/kpms-job run examples/manifest.yml
 
-apply-demo: demo  ## apply the example's model to a recording (examples/apply.yml), with NWB files
+apply-demo: demo  ## apply the example's model to its recordings again (examples/apply.yml), with NWB files
 	$(BIN)/kpms-job apply examples/apply.yml
 
-clean:  ## remove the example's project dir
-	rm -rf examples/project
+clean:  ## remove the examples' project dirs
+	rm -rf examples/project examples/openfield_project
 
 # --- containers and clusters (README: Containers and clusters) ---
 IMAGE ?= kpms-job

@@ -1,7 +1,8 @@
 """Applying a fitted model: ``kpms-job apply`` vs keypoint-moseq's ``apply_model`` driven by hand.
 
 Both sides label the same recordings with the same fitted model (a project ``kpms-job run`` left;
-default ``examples/project``, from ``make demo``), the same number of Gibbs iterations, each in a
+default ``examples/openfield_project``, from ``kpms-job run examples/openfield.yml``), the same
+number of Gibbs iterations, each in a
 fresh process timed by this parent from process start to exit, with the peak resident memory of its
 whole process tree sampled from /proc every 0.2 s (``benchmarks/real_data.py``'s ``tree_rss``).
 
@@ -81,8 +82,9 @@ def labels(path: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, default=ROOT / "examples" / "project",
-                    help="a fitted project (default examples/project: run make demo first)")
+    ap.add_argument("--project", type=Path, default=ROOT / "examples" / "openfield_project",
+                    help="a project fitted on the bundled open-field recording (default examples/openfield_project: "
+                         "run `kpms-job run examples/openfield.yml` first)")
     ap.add_argument("--model", default=None, help="the model folder (default: summary.json's model_name)")
     ap.add_argument("--copies", type=int, default=8, help="shifted copies of the bundled recording (default 8)")
     ap.add_argument("--num-iters", type=int, default=100, help="Gibbs iterations, both sides (default 100)")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobs import default_signals
+from jobs import default_signals, tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "slurm" / "kpms-job.sbatch"
@@ -207,18 +207,11 @@ def job_info(job_id: str) -> dict[str, str]:
 
 
 def slurm_manifest(folder: Path) -> Path:
-    """The bundled recording (2330 frames x 4 keypoints) with a full-model fit long enough to
+    """The short bundled recording (2330 frames x 4 keypoints) with a full-model fit long enough to
     be interrupted after its compile: 5 AR-HMM + 60 full-model iterations, snapshots every 10."""
     folder.mkdir(parents=True)
-    m = yaml.safe_load((ROOT / "examples" / "manifest.yml").read_text())
-    m.update(project_dir="./project", tuning="off")
-    m["inputs"]["paths"] = [str(ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv")]
-    m["model"]["num_states"] = 20
-    m["fitting"] = {"arhmm_iters": 5, "full_iters": 60, "save_every": 10}
-    m["outputs"] = {"csv": True, "figures": False, "grid_movies": False}
-    path = folder / "manifest.yml"
-    path.write_text(yaml.safe_dump(m, sort_keys=False))
-    return path
+    return tiny_manifest(folder, fitting={"arhmm_iters": 5, "full_iters": 60, "save_every": 10},
+                         outputs={"csv": True, "figures": False, "grid_movies": False})
 
 
 def submit(manifest: Path) -> tuple[str, Path]:
