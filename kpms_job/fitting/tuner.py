@@ -108,9 +108,9 @@ class KappaTuner(Verdict):
     # restart_probes: [log10 kappa, log10 duration] of each probe, the duration its LATEST check
     # measured while it ran on at its kappa (a probe that landed may jump out later: its fate counts)
     probes: list = field(default_factory=list, init=False)
-    # (iteration, log10 kappa, ms, iteration its kappa was set) of each check at which the tuner held
-    # and the state's own median was in the window: its snapshot is kept, and a chain that ends
-    # outside delivers the latest of them (real open field: probes measured 364 ms, then the
+    # (iteration, log10 kappa, ms, iteration its kappa was set) of the first check of each stretch at
+    # one kappa at which the tuner held and the state's own median was in the window: its snapshot is
+    # kept, and a chain that ends outside delivers the latest of them (real open field: probes measured 364 ms, then the
     # budget ran out with every syllable merged, 4,667 ms, and that state was delivered)
     keepers: list = field(default_factory=list, init=False)
 
@@ -280,8 +280,11 @@ class KappaTuner(Verdict):
         continue from the snapshot at iteration ``self.rollback`` (with the new kappa).
         """
         new = self._observe(iteration, median_ms)
+        # one keeper per stretch at one kappa: its first state held in the window (a snapshot of a
+        # large study is hundreds of MB, and the states of one stretch differ only by its drift)
         if (new is None and self.checks and self.checks[-1].iteration == iteration
-                and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])):
+                and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])
+                and not (self.keepers and self.keepers[-1][3] == self.changed_at)):
             self.keepers.append((iteration, math.log10(self.kappa), self.medians[-1][1], self.changed_at))
         return new
 

@@ -21,12 +21,12 @@ class Verdict:
         """(iteration, kappa) of the state to deliver instead of the final one, or None.
 
         A chain that ends outside the window delivers the latest state it held in the window (a
-        keeper, with its snapshot) when there is one: the chain may have drifted or jumped out
-        after it. Else the fitted state measured nearest to the window: the final state, or a base
-        (a state measured short of the aim, with its snapshot) when that was nearer. Seen on real
-        data (648 fps): the AR-HMM stayed near 120 ms from kappa 1e12 to 1e17, then every syllable
-        merged into one (8,253 ms, the whole recording) and the budget ran out there; the full
-        model started from that state stayed merged.
+        keeper, with its snapshot: the first of its stretch at one kappa) when there is one: the
+        chain may have drifted or jumped out after it. Else the fitted state measured nearest to the
+        window: the final state, or a base (a state measured short of the aim, with its snapshot)
+        when that was nearer. Seen on real data (648 fps): the AR-HMM stayed near 120 ms from kappa
+        1e12 to 1e17, then every syllable merged into one (8,253 ms, the whole recording) and the
+        budget ran out there; the full model started from that state stayed merged.
         """
         if self.in_window(final_ms):
             return None
