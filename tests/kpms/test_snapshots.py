@@ -29,3 +29,47 @@ def test_the_delivered_snapshot_becomes_the_last_and_repeating_changes_nothing(t
     gibbs.end_chain_at(str(tmp_path), "m", 60)  # a rerun after a kill that came after the cut
     assert path.read_bytes() == before
     assert not list(path.parent.glob("*.tmp.h5"))
+
+
+def test_a_rerun_after_a_kill_between_choosing_the_state_and_cutting_the_checkpoint_cuts_it_and_fits_nothing(
+        tmp_path, monkeypatch):
+    """The tuned chain records which state it delivers before it cuts the checkpoint there; a kill in
+    between leaves the whole chain on disk. The rerun must cut it at that state and report it,
+    without fitting again."""
+    import math
+    from types import SimpleNamespace
+
+    from kpms_job.fitting import tuned
+    from kpms_job.fitting.tuner import KappaTuner, TunerConfig
+
+    cfg = TunerConfig(lo_ms=300, hi_ms=400, kappa0=4.7e13, min_iters=40, max_iters=52, fixed_iters=20,
+                      start_ms=290.0, restart_probes=True, drift_horizon=20)
+    t = KappaTuner(cfg)
+    for it in range(1, cfg.max_iters + 1):  # holds in the window, then every syllable merges
+        t.observe(it, 4667.0 if it > 30 else 345.0)
+        if t.done(it):
+            break
+    delivered = t.delivery(4667.0)
+    assert delivered is not None
+    path = _checkpoint(tmp_path, "m", sorted({0, delivered[0], t.medians[-1][0]}))
+
+    class State(dict):
+        def put(self, k, v):
+            self[k] = v
+
+    state = State(tuning={"m": {"key": "K", "medians": t.medians, "start_ms": None,
+                                "delivered": list(delivered), "ended_ms": 4667.0}})
+    ctx = SimpleNamespace(state=state, project_dir=tmp_path, fps=30.0)
+    monkeypatch.setattr(gibbs, "load_latest_snapshot",
+                        lambda pd, name: ({"it": gibbs.saved_iterations(path)[-1]}, None, None, None))
+    monkeypatch.setattr(gibbs, "median_duration_ms", lambda model, data, fps: 345.0)
+
+    def no_fit():
+        raise AssertionError("the rerun fitted again")
+
+    model, report = tuned._tuned_chain(ctx, "m", "full model", "K", cfg, no_fit, ar_only=False)
+    assert gibbs.saved_iterations(path)[-1] == delivered[0] and model == {"it": delivered[0]}
+    assert report["in_window"] and report["delivered_iteration"] == delivered[0]
+    assert math.isclose(report["final_kappa"], delivered[1])
+    assert report["verdict"].startswith(f"in window: delivers the state of iteration {delivered[0]}")
+    assert (tmp_path / "m" / "kappa_trace.png").exists()
