@@ -165,10 +165,14 @@ def _tuning_verdict(state, m) -> int:
     from .pipeline import Context, restart_states
 
     info = (state.stage("summary") or {}).get("info", {})
-    if tuning_settings(m) is not None and info.get("in_target_window") is False:
-        full = Context(m, state, states=restart_states(m, state)).info("full_model")  # the selected restart's
-        log.error("kappa tuning did not reach the target window: %s",
-                  (full.get("tuning") or {}).get("verdict", "see summary.md"))
+    if tuning_settings(m) is None:
+        return EXIT_OK
+    full = Context(m, state, states=restart_states(m, state)).info("full_model")  # the selected restart's
+    tuning = full.get("tuning") or {}
+    # a state delivered in the window whose own chain then left it, still at its kappa, is no stable model
+    if info.get("in_target_window") is False or tuning.get("stable") is False:
+        log.error("kappa tuning did not reach a model that stays in the target window: %s",
+                  tuning.get("verdict", "see summary.md"))
         return EXIT_TUNING_MISSED
     return EXIT_OK
 

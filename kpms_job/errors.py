@@ -8,7 +8,7 @@ Exit codes (documented in the README; the Kubernetes and Slurm examples rely on 
 2     manifest or usage error
 3     input data error
 4     out of memory after every fallback
-5     finished, but kappa tuning could not reach the target window
+5     finished, but kappa tuning could not reach the target window, or its model left it (not stable)
 73    output problem: project dir not writable or disk full
 75    interrupted (signal, or the project dir's lock taken over by another
       job, which goes on with the work): safe to rerun

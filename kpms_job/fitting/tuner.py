@@ -113,6 +113,9 @@ class KappaTuner(Verdict):
     # kept, and a chain that ends outside delivers the latest of them (real open field: probes measured 364 ms, then the
     # budget ran out with every syllable merged, 4,667 ms, and that state was delivered)
     keepers: list = field(default_factory=list, init=False)
+    # keeper iteration -> the iteration at which its own chain, still at its kappa, measured out of
+    # the window: a state seen to leave the window on its own is no stable model
+    left: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -279,11 +282,15 @@ class KappaTuner(Verdict):
         When a new kappa is returned and ``self.rollback`` is not None, the chain must
         continue from the snapshot at iteration ``self.rollback`` (with the new kappa).
         """
+        stretch = self.changed_at
         new = self._observe(iteration, median_ms)
+        check = self.checks[-1] if self.checks and self.checks[-1].iteration == iteration else None
+        if (check is not None and self.keepers and self.keepers[-1][3] == stretch
+                and not self.in_window(check.median_ms)):
+            self.left.setdefault(self.keepers[-1][0], iteration)
         # one keeper per stretch at one kappa: its first state held in the window (a snapshot of a
         # large study is hundreds of MB, and the states of one stretch differ only by its drift)
-        if (new is None and self.checks and self.checks[-1].iteration == iteration
-                and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])
+        if (new is None and check is not None and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])
                 and not (self.keepers and self.keepers[-1][3] == self.changed_at)):
             self.keepers.append((iteration, math.log10(self.kappa), self.medians[-1][1], self.changed_at))
         return new

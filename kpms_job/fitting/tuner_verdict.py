@@ -31,7 +31,8 @@ class Verdict:
         if self.in_window(final_ms):
             return None
         if self.keepers:
-            it, lk = self.keepers[-1][:2]
+            staying = [k for k in self.keepers if k[0] not in self.left and not self._ended_out_from(k, final_ms)]
+            it, lk = (staying or self.keepers)[-1][:2]
             return it, 10 ** lk
         lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
 
@@ -46,6 +47,10 @@ class Verdict:
             return None
         return it, 10 ** lk
 
+    def _ended_out_from(self, keeper, ended_ms) -> bool:
+        """The chain ended out of the window still in the keeper's stretch at its kappa."""
+        return keeper[3] == self.changed_at and ended_ms is not None and not self.in_window(ended_ms)
+
     def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None,
                ended_ms: float | None = None) -> dict:
         """The verdict; ``delivered``: (iteration, kappa) of the state delivered instead of the last,
@@ -54,9 +59,15 @@ class Verdict:
         fixed_from = self.changed_at
         last = held = self.medians[-1][0] if self.medians else self.end_iteration()
         kept = next((k for k in self.keepers if delivered and k[0] == delivered[0]), None)
+        stable = None  # unknown: no continuation of the delivered state at its kappa was watched
         if inside and kept is not None:
             ended = "NaN" if ended_ms is None else f"{ended_ms:.0f}"
-            verdict = (f"in window: delivers the state of iteration {kept[0]} ({final_ms:.0f} ms at kappa "
+            out_at = self.left.get(kept[0], last if self._ended_out_from(kept, ended_ms) else None)
+            stable = False if out_at is not None else None
+            what = ("in window" if out_at is None else
+                    f"in window but NOT stable (its own chain, still at its kappa, was out of the window "
+                    f"by iteration {out_at})")
+            verdict = (f"{what}: delivers the state of iteration {kept[0]} ({final_ms:.0f} ms at kappa "
                        f"{delivered[1]:.3g}, after {kept[0] - kept[3]} iterations at that kappa), the last "
                        f"state held in the window; the chain ran on to iteration {last} and ended at "
                        f"{ended} ms at kappa {self.kappa:.3g}")
@@ -80,4 +91,4 @@ class Verdict:
         return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
                 "fixed_kappa_iters": held - fixed_from, "iterations": last, "gave_up": self.gave_up,
-                "delivered_iteration": delivered[0] if delivered else None}
+                "delivered_iteration": delivered[0] if delivered else None, "stable": stable}

@@ -71,5 +71,5 @@ def test_a_rerun_after_a_kill_between_choosing_the_state_and_cutting_the_checkpo
     assert gibbs.saved_iterations(path)[-1] == delivered[0] and model == {"it": delivered[0]}
     assert report["in_window"] and report["delivered_iteration"] == delivered[0]
     assert math.isclose(report["final_kappa"], delivered[1])
-    assert report["verdict"].startswith(f"in window: delivers the state of iteration {delivered[0]}")
+    assert f"delivers the state of iteration {delivered[0]}" in report["verdict"]
     assert (tmp_path / "m" / "kappa_trace.png").exists()

@@ -29,7 +29,7 @@ from kpms_job.state import JobState
 ALL = ["ingest", "outliers", "pca", "arhmm", "full_model", "reindex", "results", "figures", "analysis", "summary"]
 FROM_FULL_MODEL = {"full_model", "reindex", "results", "figures", "analysis", "summary"}
 EXAMPLE_CSV = ROOT / "examples" / "data" / "openfield_dlc_inference_example.csv"
-EXAMPLE_DATA = manifest.read_manifest_file(ROOT / "examples" / "manifest.yml")
+EXAMPLE_DATA = manifest.read_manifest_file(ROOT / "examples" / "openfield.yml")  # its data/ is EXAMPLE_CSV
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)

@@ -554,8 +554,26 @@ def test_a_chain_that_jumps_out_after_holding_in_the_window_delivers_the_state_i
     assert it == max(k[0] for k in t.keepers)  # the latest state held in the window
     rep = t.report(345.0, (it, kappa), ended_ms=4667.0)
     assert rep["in_window"] and rep["delivered_iteration"] == it and rep["final_kappa"] == kappa
-    assert rep["verdict"].startswith(f"in window: delivers the state of iteration {it} (345 ms")
+    # its own chain merged at its kappa: the state is delivered, but not as a stable model
+    assert rep["stable"] is False and rep["verdict"].startswith("in window but NOT stable")
+    assert f"delivers the state of iteration {it} (345 ms" in rep["verdict"]
     assert "ended at 4667 ms" in rep["verdict"] and rep["iterations"] == t.medians[-1][0]
     # replayed (a resumed job), the same states are kept and the same one delivered
     again = KappaTuner.replay(t.cfg, t.medians, t.medians[-1][0])
     assert again.keepers == t.keepers and again.delivery(4667.0) == (it, kappa)
+
+
+def test_a_state_whose_own_chain_stayed_in_the_window_is_delivered_before_one_that_left_it():
+    """Of the states held in the window, one whose chain, still at its kappa, was later measured out
+    of the window is known not to stay: an earlier one that stayed until kappa was moved is delivered."""
+    t = KappaTuner(make_cfg(kappa0=1e6, restart_probes=True, start_ms=300.0))
+    t.keepers = [(40, 6.0, 350.0, 20), (120, 6.5, 360.0, 100)]
+    t.left = {120: 140}
+    t.changed_at = 150  # the chain ended in a later stretch, out of the window
+    assert t.delivery(700.0) == (40, 1e6)
+    rep = t.report(350.0, (40, 1e6), ended_ms=700.0)
+    assert rep["stable"] is None and rep["verdict"].startswith("in window: delivers the state of iteration 40")
+    t.left[40] = 60  # both left: the latest is delivered, said to be unstable
+    assert t.delivery(700.0) == (120, 10 ** 6.5)
+    assert t.report(360.0, (120, 10 ** 6.5), ended_ms=700.0)["verdict"].startswith(
+        "in window but NOT stable (its own chain, still at its kappa, was out of the window by iteration 140)")
