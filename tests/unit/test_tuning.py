@@ -563,17 +563,19 @@ def test_a_chain_that_jumps_out_after_holding_in_the_window_delivers_the_state_i
     assert again.keepers == t.keepers and again.delivery(4667.0) == (it, kappa)
 
 
-def test_a_state_whose_own_chain_stayed_in_the_window_is_delivered_before_one_that_left_it():
-    """Of the states held in the window, one whose chain, still at its kappa, was later measured out
-    of the window is known not to stay: an earlier one that stayed until kappa was moved is delivered."""
+def test_the_latest_state_held_in_the_window_is_delivered_and_said_unstable_when_its_chain_left():
+    """An earlier state held in the window but watched only briefly is no safer than the latest, which
+    was watched longest (real IBL pupil: a state held 15 iterations at its kappa, delivered as the
+    one not seen to leave, measured 575 ms 100 iterations later). The latest is delivered, and said
+    to be unstable when its own chain, still at its kappa, was measured out of the window."""
     t = KappaTuner(make_cfg(kappa0=1e6, restart_probes=True, start_ms=300.0))
     t.keepers = [(40, 6.0, 350.0, 20), (120, 6.5, 360.0, 100)]
-    t.left = {120: 140}
     t.changed_at = 150  # the chain ended in a later stretch, out of the window
-    assert t.delivery(700.0) == (40, 1e6)
-    rep = t.report(350.0, (40, 1e6), ended_ms=700.0)
-    assert rep["stable"] is None and rep["verdict"].startswith("in window: delivers the state of iteration 40")
-    t.left[40] = 60  # both left: the latest is delivered, said to be unstable
     assert t.delivery(700.0) == (120, 10 ** 6.5)
-    assert t.report(360.0, (120, 10 ** 6.5), ended_ms=700.0)["verdict"].startswith(
+    rep = t.report(360.0, (120, 10 ** 6.5), ended_ms=700.0)
+    assert rep["stable"] is None and rep["verdict"].startswith("in window: delivers the state of iteration 120")
+    t.left = {120: 140}
+    assert t.delivery(700.0) == (120, 10 ** 6.5)
+    rep = t.report(360.0, (120, 10 ** 6.5), ended_ms=700.0)
+    assert rep["stable"] is False and rep["verdict"].startswith(
         "in window but NOT stable (its own chain, still at its kappa, was out of the window by iteration 140)")
