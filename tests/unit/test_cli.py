@@ -167,3 +167,23 @@ def test_the_restart_count_crosses_to_the_fresh_process_on_its_command_line(caps
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     assert "--restarts" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("median_in_window, stable, code", [(True, None, 0), (True, False, 5), (False, None, 5)])
+def test_a_tuned_model_that_left_the_window_on_its_own_chain_exits_5(tmp_path, median_in_window, stable, code):
+    """The exit code a finished tuned run ends with: 5 when the median is outside the window, and
+    also when the state delivered in it was seen to leave it (the tuner's ``stable`` False)."""
+    from kpms_job.cli import _tuning_verdict
+
+    class State:
+        project_dir = tmp_path
+
+        def stage(self, name):
+            info = {"summary": {"in_target_window": median_in_window},
+                    "full_model": {"tuning": {"stable": stable, "verdict": "in window but NOT stable (...)"}}}
+            return {"info": info[name]} if name in info else None
+
+    m = {"project_dir": str(tmp_path), "tuning": {}, "restarts": 1}
+    assert _tuning_verdict(State(), m) == code
+    m["tuning"] = {"enabled": False}
+    assert _tuning_verdict(State(), m) == 0  # tuning off: the window is the user's business
