@@ -110,8 +110,9 @@ class KappaTuner(Verdict):
     probes: list = field(default_factory=list, init=False)
     # (iteration, log10 kappa, ms, iteration its kappa was set) of the first check of each stretch at
     # one kappa at which the tuner held and the state's own median was in the window: its snapshot is
-    # kept, and a chain that ends outside delivers the latest of them (real open field: probes measured 364 ms, then the
-    # budget ran out with every syllable merged, 4,667 ms, and that state was delivered)
+    # kept, and a chain that ends outside delivers the latest of them (real open field: probes
+    # measured 364 ms, then the budget ran out with every syllable merged, 4,667 ms, and that state
+    # was delivered)
     keepers: list = field(default_factory=list, init=False)
     # keeper iteration -> the iteration at which its own chain, still at its kappa, measured out of
     # the window: a state seen to leave the window on its own is no stable model
@@ -290,7 +291,7 @@ class KappaTuner(Verdict):
             self.left.setdefault(self.keepers[-1][0], iteration)
         # one keeper per stretch at one kappa: its first state held in the window (a snapshot of a
         # large study is hundreds of MB, and the states of one stretch differ only by its drift)
-        if (new is None and check is not None and self.medians[-1][1] is not None and self.accepted(self.medians[-1][1])
+        if (new is None and check is not None and self.accepted(self.medians[-1][1])
                 and not (self.keepers and self.keepers[-1][3] == self.changed_at)):
             self.keepers.append((iteration, math.log10(self.kappa), self.medians[-1][1], self.changed_at))
         return new
