@@ -167,12 +167,16 @@ def _tuning_verdict(state, m) -> int:
     info = (state.stage("summary") or {}).get("info", {})
     if tuning_settings(m) is None:
         return EXIT_OK
-    full = Context(m, state, states=restart_states(m, state)).info("full_model")  # the selected restart's
-    tuning = full.get("tuning") or {}
+    ctx = Context(m, state, states=restart_states(m, state))
+    tuning = ctx.info("full_model").get("tuning") or {}  # the selected restart's
     # a state delivered in the window whose own chain then left it, still at its kappa, is no stable model
     if info.get("in_target_window") is False or tuning.get("stable") is False:
-        log.error("kappa tuning did not reach a model that stays in the target window: %s",
-                  tuning.get("verdict", "see summary.md"))
+        from .stages.ingest import too_little_data
+
+        ingest = ctx.info("ingest")
+        little = too_little_data(ingest["frames"], ingest["fps"]) if ingest.get("frames") else None
+        log.error("kappa tuning did not reach a model that stays in the target window: %s%s",
+                  tuning.get("verdict", "see summary.md"), f". Note: {little}" if little else "")
         return EXIT_TUNING_MISSED
     return EXIT_OK
 

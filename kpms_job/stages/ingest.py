@@ -25,6 +25,9 @@ READS = ("inputs.format", "inputs.exclude_individuals",
          "preprocessing.conf_threshold", "preprocessing.max_nan_fraction", "preprocessing.min_frames",
          "preprocessing.noise_calibration", "model.num_states", "model.seed")
 OUTPUTS = ("config.yml", ".kpms-job/keypoints.npz")
+# keypoint-moseq's FAQ ("How much data do I need?"): "a few hours (a few hundred thousand frames)";
+# below one hour, the least that is "a few hours", the user is told what to expect
+FAQ_HOURS = 1.0
 
 
 def read_file(path: str, fmt: str, exclude_individuals, field: str = "inputs.format"):
@@ -183,6 +186,28 @@ def run(ctx):
     total = sum(recordings[n]["frames"] for n in kept)
     log.info("%d recording(s), %d frames, %d bodyparts used, fps %.3g (%s)",
              len(kept), total, len(use), fps, fps_source)
+    little = too_little_data(total, fps)
+    if little:
+        log.warning("%s", little)
     return {"recordings": recordings, "used": kept, "excluded": excluded, "bodyparts": bodyparts,
             "use_bodyparts": use, "anterior": anterior, "posterior": posterior, "fps": fps,
             "fps_source": fps_source, "frames": total}
+
+
+def too_little_data(frames: int, fps: float) -> str | None:
+    """What to expect from recordings shorter than keypoint-moseq asks for, or None.
+
+    Measured (``benchmarks/hold_sweep.py``): on 8 to 78 s of recordings one full-model state's
+    median syllable duration wandered by a factor of 1.5 to 3 from iteration to iteration at every
+    kappa tried, wider than a 300-400 ms window, so no kappa held the window for 100 iterations.
+    """
+    seconds = frames / fps
+    if seconds >= FAQ_HOURS * 3600:
+        return None
+    length = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return (f"the recordings hold {length} in all ({frames} frames at {fps:g} fps); keypoint-moseq's FAQ "
+            "asks for a few hours (a few hundred thousand frames). With this little data the median "
+            "syllable duration of one model state wanders from iteration to iteration, and on "
+            "recordings of a few minutes or less it can wander wider than the target window at any "
+            "kappa: kappa tuning may then end with exit 5 (outside the window, or not stable in it). "
+            "More or longer recordings make it steadier.")

@@ -187,3 +187,31 @@ def test_a_tuned_model_that_left_the_window_on_its_own_chain_exits_5(tmp_path, m
     assert _tuning_verdict(State(), m) == code
     m["tuning"] = {"enabled": False}
     assert _tuning_verdict(State(), m) == 0  # tuning off: the window is the user's business
+
+
+def test_a_missed_window_on_minutes_of_data_says_the_data_is_short(tmp_path, caplog):
+    """Exit 5 on recordings far shorter than keypoint-moseq asks for names that as the likely cause,
+    with the recordings' length; hours of recordings get no such note."""
+    import logging
+
+    from kpms_job.cli import _tuning_verdict
+
+    def state(frames):
+        class State:
+            project_dir = tmp_path
+
+            def stage(self, name):
+                info = {"summary": {"in_target_window": False}, "ingest": {"frames": frames, "fps": 30.0},
+                        "full_model": {"tuning": {"stable": None, "verdict": "NOT in window"}}}
+                return {"info": info[name]} if name in info else None
+        return State()
+
+    m = {"project_dir": str(tmp_path), "tuning": {}, "restarts": 1}
+    with caplog.at_level(logging.ERROR, logger="kpms_job"):
+        assert _tuning_verdict(state(2330), m) == 5
+    said = caplog.text
+    assert "78 s in all (2330 frames at 30 fps)" in said and "a few hours" in said
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="kpms_job"):
+        assert _tuning_verdict(state(3 * 3600 * 30), m) == 5
+    assert "NOT in window" in caplog.text and "a few hours" not in caplog.text
