@@ -262,15 +262,18 @@ def table(rows, args) -> str:
            f"stable = still in the window after {args.stability_iters} more Gibbs iterations "
            "(benchmarks/stability.py, own process, not in the wall time). Memory: peak RSS of the job's "
            "process tree (/proc, 0.2 s).", "",
-           "| dataset | recordings | frames | fps | exit | final median ms | in window | stable (median after) "
-           "| Gibbs AR-HMM / full | peak RSS GiB | before figures / figures stage (adds) GiB | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| dataset | recordings | frames | fps | seconds | exit | final median ms | in window "
+           "| stable (median after) | Gibbs AR-HMM / full | peak RSS GiB "
+           "| before figures / figures stage (adds) GiB | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r.get("stability", {})
         add = r.get("figures_adds_gib")
         out.append(
             f"| {r['dataset']}{' (' + r['note'] + ')' if r.get('note') else ''} | {_f(r.get('recordings'), 'd')} "
-            f"| {_f(r.get('frames'), 'd')} | {r['fps']:.4g} | {r['exit']} | {_f(r.get('median_ms'))} "
+            f"| {_f(r.get('frames'), 'd')} | {r['fps']:.4g} "
+            f"| {_f(r['frames'] / r['fps'] if r.get('frames') else None)} "
+            f"| {r['exit']} | {_f(r.get('median_ms'))} "
             f"| {'yes' if r.get('in_window') else 'no'} | {'yes' if r.get('stable') else 'no'} "
             f"({_f(st.get('median_after_ms'))}) | {_f(r.get('arhmm_iters'), 'd')} / {_f(r.get('full_iters'), 'd')} "
             f"| {r['peak_rss_gib']:.2f} | {r['peak_before_figures_gib']:.2f} / {r['peak_figures_gib']:.2f} "
