@@ -168,7 +168,7 @@ def run(ctx):
     return {"made": made, "failed": failed, "files": _files(ctx.project_dir, name, made)}
 
 
-def _natural(path) -> list:
+def natural_order(path) -> list:
     """Sort key: Syllable2 before Syllable10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
@@ -181,7 +181,7 @@ def _files(project_dir, name: str, made: list[str]) -> dict:
     model = project_dir / name
 
     def rel(paths):
-        return [str(p.relative_to(project_dir)) for p in sorted(paths, key=_natural) if p.exists()]
+        return [str(p.relative_to(project_dir)) for p in sorted(paths, key=natural_order) if p.exists()]
 
     files = {label: rel([model / f"{label}.png"]) for label in FIGURES if label in made}
     if "trajectory_plots" in made:

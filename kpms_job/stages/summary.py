@@ -180,9 +180,9 @@ def report_context(ctx, s: dict) -> dict:
         return have
 
     def glob(pattern):
-        from .figures import _natural
+        from .figures import natural_order
 
-        return [str(p.relative_to(pd)) for p in sorted(pd.glob(pattern), key=_natural)]
+        return [str(p.relative_to(pd)) for p in sorted(pd.glob(pattern), key=natural_order)]
 
     figures = {
         "pca": files(["pca_scree.png"]),
