@@ -206,6 +206,19 @@ def _steady(model):
     return jax.tree_util.tree_map(commit, model)
 
 
+def plot_progress(model, data, project_dir, model_name, iteration: int, fps: float) -> None:
+    """keypoint-moseq's progress figure for the snapshot at ``iteration`` (its history up to there),
+    also saved as ``fitting_progress.png`` for the report; a failure is logged, never raised."""
+    path = checkpoint_path(project_dir, model_name)
+    try:
+        with quiet():
+            fig, _ = kpms.plot_progress(model, data, str(path), iteration, project_dir, model_name,
+                                        savefig=True, fps=fps)
+        fig.savefig(path.with_name("fitting_progress.png"), dpi=100)
+    except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
+        log.debug("progress plot failed: %s", exc)
+
+
 def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int, num_iters: int,
               ar_only: bool, save_every: int, fps: float, parallel_message_passing: bool, kalman_scan: bool,
               on_iteration=None, should_stop=None, finished=None, on_nan=None, save_now=None,
@@ -272,13 +285,7 @@ def run_gibbs(model, data, metadata, project_dir, model_name, *, start_iter: int
                 if progress_plots and not stopping and (done or (it % save_every == 0
                                                                 and time.monotonic() - last_plot >= 120)):
                     last_plot = time.monotonic()
-                    try:
-                        with quiet():
-                            fig, _ = kpms.plot_progress(model, data, str(path), it, project_dir, model_name,
-                                                    savefig=True, fps=fps)
-                        fig.savefig(path.with_name("fitting_progress.png"), dpi=100)  # for the report
-                    except Exception as exc:  # noqa: BLE001 - a figure never stops a fit
-                        log.debug("progress plot failed: %s", exc)
+                    plot_progress(model, data, project_dir, model_name, it, fps)
             if done or stopping:
                 break
     return model, it, done

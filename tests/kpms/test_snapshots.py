@@ -63,6 +63,8 @@ def test_a_rerun_after_a_kill_between_choosing_the_state_and_cutting_the_checkpo
     monkeypatch.setattr(gibbs, "load_latest_snapshot",
                         lambda pd, name: ({"it": gibbs.saved_iterations(path)[-1]}, None, None, None))
     monkeypatch.setattr(gibbs, "median_duration_ms", lambda model, data, fps: 345.0)
+    drawn = []  # the report's fitting_progress.png: drawn again for the state delivered, not the chain's end
+    monkeypatch.setattr(gibbs, "plot_progress", lambda model, data, pd, name, it, fps: drawn.append(it))
 
     def no_fit():
         raise AssertionError("the rerun fitted again")
@@ -73,3 +75,4 @@ def test_a_rerun_after_a_kill_between_choosing_the_state_and_cutting_the_checkpo
     assert math.isclose(report["final_kappa"], delivered[1])
     assert f"delivers the state of iteration {delivered[0]}" in report["verdict"]
     assert (tmp_path / "m" / "kappa_trace.png").exists()
+    assert drawn == [delivered[0]]
