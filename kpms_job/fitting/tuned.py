@@ -105,7 +105,7 @@ def _deliver(ctx, name, label, cfg, t, delivered, ended):
     ``load_checkpoint`` (and every later stage) reads that state as the fit's last."""
     from ..kpms import gibbs as A
 
-    A.end_chain_at(str(ctx.project_dir), name, delivered[0])
+    A.end_chain_at(str(ctx.project_dir), name, delivered[0], kappa=delivered[1])
     model, data, _, _ = A.load_latest_snapshot(str(ctx.project_dir), name)
     A.plot_progress(model, data, str(ctx.project_dir), name, delivered[0], ctx.fps)  # the state delivered
     return _report(ctx, name, label, cfg, t, model, A.median_duration_ms(model, data, ctx.fps), delivered, ended)

@@ -166,21 +166,36 @@ def drop_snapshots_after(path, iteration: int) -> None:
                 del f["model_snapshots"][k]
 
 
-def end_chain_at(project_dir, model_name, iteration: int) -> None:
+def end_chain_at(project_dir, model_name, iteration: int, kappa: float | None = None) -> None:
     """Make snapshot ``iteration`` the checkpoint's last, as if the chain had ended there:
     ``kpms.load_checkpoint``, reindexing and the results read the last one. On a copy swapped in
-    atomically, so a kill leaves the whole chain or the ended one; repeating it changes nothing."""
+    atomically, so a kill leaves the whole chain or the ended one; repeating it changes nothing.
+
+    ``kappa``: the kappa that state was fitted at, written into it. A snapshot saved at a tuner's
+    check holds the kappa the tuner then moved to, which the state never ran at (real data: an
+    AR-HMM delivered at 1e15 whose checkpoint said 1e18).
+    """
     import shutil
 
     from ..signals import critical
 
     path = checkpoint_path(project_dir, model_name)
-    if saved_iterations(path)[-1] <= iteration:
-        return
+    key = f"model_snapshots/{iteration}/hypparams/trans_hypparams/kappa"
+
+    def kappa_off(f) -> bool:
+        # relative: the tuner keeps log10 kappa, and a rewrite by one ulp would be no change
+        return kappa is not None and key in f and abs(float(f[key][()]) / float(kappa) - 1.0) > 1e-9
+
+    with h5py.File(path, "r") as f:
+        if max(int(k) for k in f["model_snapshots"]) <= iteration and not kappa_off(f):
+            return
     tmp = path.with_name("checkpoint.end.tmp.h5")
     with critical():
         shutil.copyfile(path, tmp)
         drop_snapshots_after(tmp, iteration)
+        with h5py.File(tmp, "a") as f:
+            if kappa_off(f):
+                f[key][()] = float(kappa)
         os.replace(tmp, path)
 
 

@@ -31,6 +31,22 @@ def test_the_delivered_snapshot_becomes_the_last_and_repeating_changes_nothing(t
     assert not list(path.parent.glob("*.tmp.h5"))
 
 
+def test_the_delivered_snapshot_says_the_kappa_it_was_fitted_at(tmp_path):
+    """A snapshot saved at a tuner's check holds the kappa the tuner moved on to; the delivered state
+    must carry its own, which keypoint-moseq's load_checkpoint hands to whoever loads the model."""
+    path = _checkpoint(tmp_path, "m", [0, 45, 60, 75])
+    with h5py.File(path, "a") as f:
+        for it, k in ((0, 1e6), (45, 1e15), (60, 1e18), (75, 1e16)):
+            f.create_dataset(f"model_snapshots/{it}/hypparams/trans_hypparams/kappa", data=k)
+    gibbs.end_chain_at(str(tmp_path), "m", 45, kappa=1e12)
+    with h5py.File(path, "r") as f:
+        assert sorted(map(int, f["model_snapshots"])) == [0, 45]
+        assert f["model_snapshots/45/hypparams/trans_hypparams/kappa"][()] == 1e12
+    before = path.read_bytes()
+    gibbs.end_chain_at(str(tmp_path), "m", 45, kappa=1e12 * (1 + 1e-13))  # the same kappa, rounded
+    assert path.read_bytes() == before
+
+
 def test_a_rerun_after_a_kill_between_choosing_the_state_and_cutting_the_checkpoint_cuts_it_and_fits_nothing(
         tmp_path, monkeypatch):
     """The tuned chain records which state it delivers before it cuts the checkpoint there; a kill in
