@@ -147,17 +147,31 @@ def cmd_plan(args) -> int:
         print(f"  {'RUN ' if d.run else 'skip'}  {d.label:<14} {d.stage.title:<36} {d.reason}")
     n = sum(d.run for d in decisions)
     print(f"{n} of {len(decisions)} stages would run" if n else "nothing to do: every stage is done and unchanged")
+    ingest = (state.stage("ingest") or {}).get("info") or {}
+    counted = None
+    if not ingest:  # nothing ingested yet: count from the files
+        from . import tracking_files
+
+        counted = tracking_files.count(m)
+    _plan_data_note(m, ingest, counted)
     try:
         from .resources import report
     except ImportError:
         return EXIT_OK
-    counted = None
-    if not (state.stage("ingest") or {}).get("info"):  # nothing ingested yet: count from the files
-        from . import tracking_files
-
-        counted = tracking_files.count(m)
     report.plan_manifest(m, state, counted)
     return EXIT_OK
+
+
+def _plan_data_note(m, ingest: dict, counted) -> None:
+    """Before any fit: say so when the recordings are far shorter than keypoint-moseq asks for."""
+    from .manifest import tuning_settings
+    from .stages.ingest import too_little_data
+
+    frames = ingest.get("frames") or (sum(counted[0]) if counted else 0)
+    fps = ingest.get("fps") or (m.get("fps") if isinstance(m.get("fps"), (int, float)) else None)
+    little = too_little_data(frames, float(fps)) if frames and fps and tuning_settings(m) is not None else None
+    if little:
+        print(f"data: {little}")
 
 
 def _tuning_verdict(state, m) -> int:

@@ -215,3 +215,14 @@ def test_a_missed_window_on_minutes_of_data_says_the_data_is_short(tmp_path, cap
     with caplog.at_level(logging.ERROR, logger="kpms_job"):
         assert _tuning_verdict(state(3 * 3600 * 30), m) == 5
     assert "NOT in window" in caplog.text and "a few hours" not in caplog.text
+
+
+@pytest.mark.parametrize("tuning, said", [({}, True), ("off", False)])
+def test_plan_says_before_any_fit_when_the_recordings_are_too_short_to_tune_on(tmp_path, cli, tuning, said):
+    """The 78-second bundled recording is far below keypoint-moseq's "a few hours": a tuned plan says
+    so, with its length, before anything runs; with tuning off kappa is the user's own."""
+    from jobs import tiny_manifest
+
+    code, out, _ = cli("plan", tiny_manifest(tmp_path, tuning=tuning))
+    assert code == 0 and "ingest" in out
+    assert ("data: the recordings hold 78 s in all (2330 frames at 30 fps)" in out) is said
