@@ -197,9 +197,11 @@ def run(ctx):
 def too_little_data(frames: int, fps: float) -> str | None:
     """What to expect from recordings shorter than keypoint-moseq asks for, or None.
 
-    Measured (``benchmarks/hold_sweep.py``): on 8 to 78 s of recordings one full-model state's
-    median syllable duration wandered by a factor of 1.5 to 3 from iteration to iteration at every
-    kappa tried, wider than a 300-400 ms window, so no kappa held the window for 100 iterations.
+    Measured (``benchmarks/hold_sweep.py``: the full model from the tuned AR-HMM's state, 360
+    iterations at each kappa of a one-decade grid): on four recording sets of 8 to 78 s the median
+    syllable duration of one state wandered by 20-50% over iterations 200-360 at a fixed kappa, or
+    jumped to several seconds; one of them (33 s) had one kappa that kept the states of iterations
+    260 and 360 in 300-400 ms, with 66% of its late states in the window; the others had none.
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
@@ -209,5 +211,5 @@ def too_little_data(frames: int, fps: float) -> str | None:
             "asks for a few hours (a few hundred thousand frames). With this little data the median "
             "syllable duration of one model state wanders from iteration to iteration, and on "
             "recordings of a few minutes or less it can wander wider than the target window at any "
-            "kappa: kappa tuning may then end with exit 5 (outside the window, or not stable in it). "
+            "kappa, and kappa tuning may then end with exit 5 (outside the window, or not stable in it). "
             "More or longer recordings make it steadier.")
