@@ -201,8 +201,8 @@ def too_little_data(frames: int, fps: float) -> str | None:
     iterations at each kappa of a one-decade grid): on four recording sets of 8 to 78 s the median
     syllable duration of one state, over iterations 200-360 at one kappa, ranged by 20% up to a
     factor of 2 at most kappas, or jumped to seconds; one of them (33 s) had one kappa that kept the
-    states of iterations
-    260 and 360 in 300-400 ms, with 66% of its late states in the window; the others had none.
+    states of iterations 260 and 360 in 300-400 ms, with 66% of its late states in the window; the
+    others had none.
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
