@@ -198,11 +198,12 @@ def too_little_data(frames: int, fps: float) -> str | None:
     """What to expect from recordings shorter than keypoint-moseq asks for, or None.
 
     Measured (``benchmarks/hold_sweep.py``: the full model from the tuned AR-HMM's state, 360
-    iterations at each kappa of a one-decade grid): on four recording sets of 8 to 78 s the median
-    syllable duration of one state, over iterations 200-360 at one kappa, ranged by 20% up to a
-    factor of 2 at most kappas, or jumped to seconds; one of them (33 s) had one kappa that kept the
-    states of iterations 260 and 360 in 300-400 ms, with 66% of its late states in the window; the
-    others had none.
+    iterations at each kappa of a grid): on the four recording sets of 8 to 78 s whose tuning
+    failed in ``real_data.py``, the median of one state over iterations 200-360 at one kappa ranged
+    by 20% up to a factor of 2 at most kappas, or jumped to seconds, and the syllables lengthened
+    with age by up to 2.3x between iterations 25 and 260. Three of them had a kappa whose late
+    states stayed in 300-400 ms (66-96% of them), inside a decade where the late median crosses the
+    whole window; young probes do not show where.
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
@@ -210,7 +211,7 @@ def too_little_data(frames: int, fps: float) -> str | None:
     length = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
     return (f"the recordings hold {length} in all ({frames} frames at {fps:g} fps); keypoint-moseq's FAQ "
             "asks for a few hours (a few hundred thousand frames). With this little data the median "
-            "syllable duration of one model state wanders from iteration to iteration, and on "
-            "recordings of a few minutes or less it can wander wider than the target window at any "
-            "kappa, and kappa tuning may then end with exit 5 (outside the window, or not stable in it). "
-            "More or longer recordings make it steadier.")
+            "syllable duration of one model state wanders from iteration to iteration, and the full "
+            "model's syllables may keep lengthening for hundreds of iterations, so the kappas that keep "
+            "the median in the target window can be few and hard to find: kappa tuning may end with "
+            "exit 5 (outside the window, or not stable in it). More or longer recordings make it steadier.")
