@@ -19,6 +19,8 @@ delivered there would pass the stability check).
 
 One fixed chain key for every kappa (the snapshot's own), as the job's probes have: the spread
 between neighbouring kappas is then partly the chain's own wandering, which is what a tuner faces.
+``--keys K1 K2 ...`` runs the grid again with each of those random keys instead (the same start,
+other draws of the chain): whether a kappa that holds does so for the data or for one draw.
 
     .venv/bin/python benchmarks/real_data.py /tmp/rd --datasets openfield --keep
     .venv/bin/python benchmarks/hold_sweep.py /tmp/rd/projects/openfield/project --fps 30 \\
@@ -61,8 +63,10 @@ def recording_seconds(data, fps: float) -> float:
     return float(np.asarray(data["mask"]).sum()) / fps
 
 
-def run_kappa(project: Path, name: str, kappa: float, iters: int, fps: float) -> tuple[list, float]:
-    """Per-iteration medians of the full model at ``kappa`` from the delivered AR-HMM state."""
+def run_kappa(project: Path, name: str, kappa: float, iters: int, fps: float,
+              key: int | None = None) -> tuple[list, float]:
+    """Per-iteration medians of the full model at ``kappa`` from the delivered AR-HMM state
+    (``key``: another draw of the chain, the same state with a fresh random key)."""
     import jax
 
     from kpms_job.kpms import gibbs
@@ -73,6 +77,8 @@ def run_kappa(project: Path, name: str, kappa: float, iters: int, fps: float) ->
         (scratch / name).mkdir()
         shutil.copyfile(project / name / "checkpoint.h5", scratch / name / "checkpoint.h5")
         model, data, metadata, _ = gibbs.load_latest_snapshot(str(scratch), name)
+        if key is not None:
+            model["seed"] = jax.random.PRNGKey(key)
         medians = []
 
         def record(it, m):
@@ -103,6 +109,10 @@ def summarise(kappa: float, medians: list, lo: float, hi: float, start: int, del
             "holds": inside(at(deliver_at)) and inside(at(end))}
 
 
+def label(r: dict) -> str:
+    return f"{r['kappa']:.3g}" + ("" if r.get("key") is None else f" (key {r['key']})")
+
+
 def table(rows: list, args, meta: dict) -> str:
     lo, hi = args.target
     ages = (*AGES, args.deliver_at, args.iters)
@@ -119,15 +129,15 @@ def table(rows: list, args, meta: dict) -> str:
 
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['kappa']:.3g} | " + " | ".join(ms(r["ages"][a]) for a in ages)
+        lines.append(f"| {label(r)} | " + " | ".join(ms(r["ages"][a]) for a in ages)
                      + f" | {100 * r['share_in_window']:.0f}% | {ms(r['late_min'])}-{ms(r['late_max'])} | "
                      + ("YES" if r["holds"] else "no") + " |")
     best = max(rows, key=lambda r: r["share_in_window"], default=None)
-    held = [f"{r['kappa']:.3g}" for r in rows if r["holds"]]
+    held = [label(r) for r in rows if r["holds"]]
     lines.append("")
     lines.append(f"Holds at: {', '.join(held)}." if held else "No kappa of the grid holds the window.")
     if best is not None:
-        lines.append(f"Most states in the window from iteration {args.start} on: kappa {best['kappa']:.3g}, "
+        lines.append(f"Most states in the window from iteration {args.start} on: kappa {label(best)}, "
                      f"{100 * best['share_in_window']:.0f}% of them.")
     return "\n".join(lines)
 
@@ -143,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=360)
     ap.add_argument("--deliver-at", type=int, default=260)
     ap.add_argument("--from", dest="start", type=int, default=200, help="first state counted in the share")
+    ap.add_argument("--keys", nargs="+", type=int, default=[None],
+                    help="random keys to draw each kappa's chain with (default: the snapshot's own)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -156,17 +168,18 @@ def main(argv=None) -> int:
         top = round(math.log10(k_ar))
         grid = [float(v) for v in range(top - 5, top + 2)]
     rows, text = [], ""
-    for x in grid:
+    for x, key in ((x, key) for x in grid for key in args.keys):
         t0 = time.monotonic()
-        medians, seconds = run_kappa(args.project, name, 10 ** x, args.iters, args.fps)
+        medians, seconds = run_kappa(args.project, name, 10 ** x, args.iters, args.fps, key)
         centre = math.sqrt(args.target[0] * args.target[1])
         meta = {"arhmm_kappa": k_ar, "seconds": seconds, "centre_ms": centre,
                 "syllables": seconds * 1000.0 / centre}
         row = summarise(10 ** x, medians, *args.target, args.start, args.deliver_at)
+        row["key"] = key
         row["medians"] = medians
         row["wall_s"] = round(time.monotonic() - t0, 1)
         rows.append(row)
-        print(f"kappa {10 ** x:.3g}: " + " ".join(f"{m:.0f}" for m in medians[9::10]), flush=True)
+        print(f"kappa {label(row)}: " + " ".join(f"{m:.0f}" for m in medians[9::10]), flush=True)
         text = table(rows, args, meta)
         (args.out / "hold_sweep.md").write_text(text + "\n")
         (args.out / "hold_sweep.json").write_text(json.dumps({"project": str(args.project), **meta,
