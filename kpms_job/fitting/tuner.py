@@ -338,9 +338,12 @@ class KappaTuner(Verdict):
         # flat (real full models: 0.02 decades of duration per decade of kappa) more only spend budget
         # probes (restart_probes) that land in the window hold at once: a nudge would start again
         # from the start, and a young probe's median is a draw, not a curve (real data, one start,
-        # one seed: 231, 480 and 673 ms at kappas 0.005 decades apart)
+        # one seed: 231, 480 and 673 ms at kappas 0.005 decades apart). A committed chain is nudged
+        # like any other: it goes on at the new kappa, nothing is drawn again (real data, 162 s: a
+        # committed chain held at the window's edge, 400 ms, was at 433 ms 100 iterations later)
+        probe = self.cfg.restart_probes and not self.committed
         if inside and (self.frozen or self.on_target(judged) or self.nudges >= self.cfg.max_nudges
-                       or not self._has_budget(iteration) or self.cfg.restart_probes):
+                       or not self._has_budget(iteration) or probe):
             self.frozen = self.settled = True
             self._note(iteration, measured, "hold", drift)
             return None
