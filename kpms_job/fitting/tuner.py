@@ -47,7 +47,9 @@ What real chains do, and how the search copes:
   draws, not a response to bisect. Probing ends at the latest when there is just time left for
   the model delivered to run ``drift_horizon`` iterations at its kappa: then the probe whose
   latest check was nearest the window runs again from the start (the same draw) and on
-  (``committed``), corrected in steps of at most half a decade, never restarted.
+  (``committed``), corrected in steps of at most half a decade, never restarted. Unlike a probe,
+  it is nudged toward the aim when it sits in the window off the aim (a nudge draws nothing
+  again), by the prior slope: the probes' slope is that of young chains.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
   ``kappa_min`` (1) or ``kappa_max`` (1e25) and the duration is still outside, measured
   from a clean start when it had to go down, or when the budget is spent. A duration that
