@@ -203,7 +203,8 @@ def too_little_data(frames: int, fps: float) -> str | None:
     by 20% up to a factor of 2 at most kappas, or jumped to seconds, and the syllables lengthened
     with age by up to 2.3x between iterations 25 and 260. Three of them had a kappa whose late
     states stayed in 300-400 ms (66-96% of them), inside a decade where the late median crosses the
-    whole window; young probes do not show where.
+    whole window; young probes do not show where. Those were draws of the chain: with other random
+    keys from the same state (``hold_sweep.py --keys``) most did not stay at the same kappa.
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
