@@ -142,10 +142,47 @@ def table(rows: list, args, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def draws_table(rows: list, deliver_at: int, end: int) -> str:
+    """Per kappa, how many of its draws (random keys) hold: whether a kappa holds for the data or for one draw."""
+    by_kappa: dict = {}
+    for r in rows:
+        by_kappa.setdefault(round(math.log10(r["kappa"]), 6), []).append(r)
+
+    def ms(r, age):
+        v = r["ages"].get(age, r["ages"].get(str(age)))
+        return "-" if v is None or not math.isfinite(v) else f"{v:.0f}"
+
+    lines = [f"| kappa | draws that hold (@{deliver_at} and @{end} in the window) | each draw: key, median "
+             f"@{deliver_at}/@{end} ms |", "|---|---|---|"]
+    for x in sorted(by_kappa):
+        group = by_kappa[x]
+        held = sum(bool(r["holds"]) for r in group)
+        each = "; ".join(f"{'own' if r.get('key') is None else r['key']}: {ms(r, deliver_at)}/{ms(r, end)}"
+                         + (" holds" if r["holds"] else "") for r in group)
+        lines.append(f"| {10 ** x:.3g} | {held} of {len(group)} | {each} |")
+    return "\n".join(lines)
+
+
+def summarise_runs(folders: list) -> str:
+    """The draws table of earlier runs (their hold_sweep.json), merged: one line per kappa."""
+    rows, deliver_at, end = [], None, None
+    for folder in folders:
+        path = folder / "hold_sweep.json" if folder.is_dir() else folder
+        saved = json.loads(path.read_text())
+        for r in saved["rows"]:
+            # runs before these were saved used the defaults, the two largest ages
+            ages = sorted(int(a) for a in r["ages"])
+            deliver_at, end = saved.get("deliver_at", ages[-2]), saved.get("iters", ages[-1])
+            rows.append(r)
+    if not rows:
+        raise SystemExit("no runs to summarise: expected hold_sweep.json files from earlier runs")
+    return draws_table(rows, deliver_at, end)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project", type=Path, help="a project the job left (real_data.py --keep)")
-    ap.add_argument("--fps", type=float, required=True)
+    ap.add_argument("project", type=Path, nargs="?", help="a project the job left (real_data.py --keep)")
+    ap.add_argument("--fps", type=float)
     ap.add_argument("--grid", nargs=3, type=float, metavar=("LO", "HI", "STEP"),
                     help="log10 kappa from LO to HI in STEP (default: the AR-HMM's kappa / 1e5 to x 10, "
                          "one per decade)")
@@ -155,8 +192,15 @@ def main(argv=None) -> int:
     ap.add_argument("--from", dest="start", type=int, default=200, help="first state counted in the share")
     ap.add_argument("--keys", nargs="+", type=int, default=[None],
                     help="random keys to draw each kappa's chain with (default: the snapshot's own)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--summarise", nargs="+", type=Path, metavar="OUT",
+                    help="print the per-kappa draws table of earlier runs' OUT folders (nothing is fitted)")
     args = ap.parse_args(argv)
+    if args.summarise:
+        print(summarise_runs(args.summarise))
+        return 0
+    if args.project is None or args.fps is None or args.out is None:
+        ap.error("a project, --fps and --out are needed to run a sweep (or --summarise OUT ... to merge runs)")
     os.environ.setdefault("MPLBACKEND", "Agg")
     args.out.mkdir(parents=True, exist_ok=True)
     name = arhmm_name(args.project)
@@ -183,9 +227,13 @@ def main(argv=None) -> int:
         text = table(rows, args, meta)
         (args.out / "hold_sweep.md").write_text(text + "\n")
         (args.out / "hold_sweep.json").write_text(json.dumps({"project": str(args.project), **meta,
-                                                              "target_ms": args.target, "rows": rows}))
+                                                              "target_ms": args.target, "deliver_at": args.deliver_at,
+                                                              "iters": args.iters, "rows": rows}))
     print()
     print(text)
+    if len(args.keys) > 1:
+        print()
+        print(draws_table(rows, args.deliver_at, args.iters))
     return 0
 
 
