@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=360)
     ap.add_argument("--deliver-at", type=int, default=260)
     ap.add_argument("--from", dest="start", type=int, default=200, help="first state counted in the share")
-    ap.add_argument("--keys", nargs="+", type=int, default=[None],
-                    help="random keys to draw each kappa's chain with (default: the snapshot's own)")
+    ap.add_argument("--keys", nargs="+", type=lambda v: None if v == "own" else int(v), default=[None],
+                    help="random keys to draw each kappa's chain with, 'own' for the snapshot's own "
+                         "(the default)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summarise", nargs="+", type=Path, metavar="OUT",
                     help="print the per-kappa draws table of earlier runs' OUT folders (nothing is fitted)")
