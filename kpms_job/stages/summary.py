@@ -46,6 +46,7 @@ def build(ctx) -> dict:
         "arhmm_tuning": arhmm.get("tuning"),
         "fitting_settings": _fit_state(ctx).get("resources"),
         "restarts": _restarts(ctx),
+        "warnings": _warnings(ctx),
         "figures": {"made": figs.get("made", []), "failed": figs.get("failed", {})},
         "versions": ctx.versions,
         "provenance": provenance(ctx),
@@ -104,6 +105,9 @@ def markdown(s: dict) -> str:
         fs = s["fitting_settings"]
         lines.append(f"| fitting settings | {fs.get('backend')}, parallel_message_passing="
                      f"{fs.get('parallel_message_passing')}, mixed_map_iters={fs.get('mixed_map_iters')} |")
+    if s.get("warnings"):  # e.g. far less data than keypoint-moseq asks for: a model in the window may not stay
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {stage}: {msg}" for stage, msgs in s["warnings"].items() for msg in msgs]
     if s.get("restarts"):
         lines += _restart_lines(s["restarts"])
     lines += ["", "## Recordings", "", "| recording | file | frames | missing | status |", "|---|---|---|---|---|"]
@@ -209,7 +213,7 @@ def report_context(ctx, s: dict) -> dict:
         "trajectories": files(made_files.get("trajectory_plots", [])),
         "movies": files(made_files.get("grid_movies", [])),
         "groups": _groups(ctx, pd), "syllable_names": names,
-        "warnings": _warnings(ctx), "provenance": s["provenance"],
+        "warnings": s["warnings"], "provenance": s["provenance"],
         "log": os.path.relpath(log_file, pd) if log_file else None,
     }
 

@@ -45,6 +45,9 @@ def test_outputs_exist_and_summary_is_complete(finished):
     assert set(s["seconds_per_stage"]) >= {"ingest", "pca", "arhmm", "full_model", "results"}
     assert s["manifest"]["fitting"]["full_iters"] == 6
     assert "done:" in first.stdout
+    # 78 s of recordings: what ingest warned of is in summary.md too, not only in the log and the report
+    md = (project / "summary.md").read_text()
+    assert "## Warnings" in md and "the recordings hold 78 s in all" in md.split("## Warnings")[1]
 
 
 def test_project_loads_in_keypoint_moseq(finished):
