@@ -201,10 +201,10 @@ def too_little_data(frames: int, fps: float) -> str | None:
     iterations at each kappa of a grid): on the four recording sets of 8 to 78 s whose tuning
     failed in ``real_data.py``, the median of one state over iterations 200-360 at one kappa ranged
     by 20% up to a factor of 2 at most kappas, or jumped to seconds, and the syllables lengthened
-    with age by up to 2.3x between iterations 25 and 260. Three of them had a kappa whose late
-    states stayed in 300-400 ms (66-96% of them), inside a decade where the late median crosses the
-    whole window; young probes do not show where. Those were draws of the chain: with other random
-    keys from the same state (``hold_sweep.py --keys``) most did not stay at the same kappa.
+    with age by up to 2.3x between iterations 25 and 260. After 25 iterations the median hardly
+    depends on kappa; kappa sets which way it then moves. With other random keys from the same
+    state (``hold_sweep.py --keys``), two sets (33 and 78 s) had a kappa that held most draws in
+    the window (2 of 3) and the others none (at best 2 of 5, 1 of 3, 1 of 4).
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
