@@ -179,6 +179,30 @@ def summarise_runs(folders: list) -> str:
     return draws_table(rows, deliver_at, end)
 
 
+def young_vs_old(rows: list, lo: float, hi: float, age: int = 40, horizon: int = 100) -> str:
+    """How well a young chain foretells where it sits late: the side of the window (below, in, above)
+    of its mean log median at ``age`` (over the last 10 iterations), and of that level carried on by
+    its change over the 20 iterations before, for ``horizon`` more, against the side at the end (the
+    last 20 states). A tuner's full-model probes are 15-35 iterations old."""
+    def mean_log(m, a, b):
+        v = [math.log10(x) for x in m[a - 1:b] if x and x > 0]
+        return sum(v) / len(v) if v else float("nan")
+
+    def side(x):
+        return -1 if x < math.log10(lo) else (1 if x > math.log10(hi) else 0)
+
+    level = moved = 0
+    for r in rows:
+        m = r["medians"]
+        late = side(mean_log(m, len(m) - 19, len(m)))
+        now = mean_log(m, age - 9, age)
+        change = (now - mean_log(m, age - 29, age - 20)) / 20.0
+        level += side(now) == late
+        moved += side(now + change * horizon) == late
+    return (f"{len(rows)} chains: the level at iteration {age} is on the late side of the window for {level}; "
+            f"that level carried on by its change over the 20 iterations before, {horizon} more, for {moved}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("project", type=Path, nargs="?", help="a project the job left (real_data.py --keep)")
@@ -199,6 +223,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.summarise:
         print(summarise_runs(args.summarise))
+        rows = [r for f in args.summarise
+                for r in json.loads(((f / "hold_sweep.json") if f.is_dir() else f).read_text())["rows"]]
+        print()
+        print(young_vs_old(rows, *args.target))
         return 0
     if args.project is None or args.fps is None or args.out is None:
         ap.error("a project, --fps and --out are needed to run a sweep (or --summarise OUT ... to merge runs)")
