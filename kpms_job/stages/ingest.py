@@ -203,8 +203,8 @@ def too_little_data(frames: int, fps: float) -> str | None:
     by 20% up to a factor of 2 at most kappas, or jumped to seconds, and the syllables lengthened
     with age by up to 2.3x between iterations 25 and 260. After 25 iterations the median hardly
     depends on kappa; kappa sets which way it then moves. With other random keys from the same
-    state (``hold_sweep.py --keys``), two sets (33 and 78 s) had a kappa that held most draws in
-    the window (2 of 3) and the others none (at best 2 of 5, 1 of 3, 1 of 4).
+    state (``hold_sweep.py --keys``), even the best kappa held at most half the draws in the window
+    (3 of 6, 2 of 6, 2 of 5, 1 of 3, 1 of 4).
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
