@@ -163,8 +163,8 @@ def draws_table(rows: list, deliver_at: int, end: int) -> str:
     return "\n".join(lines)
 
 
-def summarise_runs(folders: list) -> str:
-    """The draws table of earlier runs (their hold_sweep.json), merged: one line per kappa."""
+def load_runs(folders: list) -> tuple[list, int, int]:
+    """The rows of earlier runs (their hold_sweep.json), merged, with the two ages "holds" is judged at."""
     rows, deliver_at, end = [], None, None
     for folder in folders:
         path = folder / "hold_sweep.json" if folder.is_dir() else folder
@@ -176,7 +176,7 @@ def summarise_runs(folders: list) -> str:
             rows.append(r)
     if not rows:
         raise SystemExit("no runs to summarise: expected hold_sweep.json files from earlier runs")
-    return draws_table(rows, deliver_at, end)
+    return rows, deliver_at, end
 
 
 def young_vs_old(rows: list, lo: float, hi: float, age: int = 40, horizon: int = 100) -> str:
@@ -222,9 +222,8 @@ def main(argv=None) -> int:
                     help="print the per-kappa draws table of earlier runs' OUT folders (nothing is fitted)")
     args = ap.parse_args(argv)
     if args.summarise:
-        print(summarise_runs(args.summarise))
-        rows = [r for f in args.summarise
-                for r in json.loads(((f / "hold_sweep.json") if f.is_dir() else f).read_text())["rows"]]
+        rows, deliver_at, end = load_runs(args.summarise)
+        print(draws_table(rows, deliver_at, end))
         print()
         print(young_vs_old(rows, *args.target))
         return 0
