@@ -165,11 +165,15 @@ def draws_table(rows: list, deliver_at: int, end: int) -> str:
 
 def load_runs(folders: list) -> tuple[list, int, int]:
     """The rows of earlier runs (their hold_sweep.json), merged, with the two ages "holds" is judged at."""
-    rows, deliver_at, end = [], None, None
+    rows, deliver_at, end, seen = [], None, None, set()
     for folder in folders:
         path = folder / "hold_sweep.json" if folder.is_dir() else folder
         saved = json.loads(path.read_text())
         for r in saved["rows"]:
+            draw = (round(math.log10(r["kappa"]), 6), r.get("key"))
+            if draw in seen:  # runs over overlapping grids: one chain counted once
+                continue
+            seen.add(draw)
             # runs before these were saved used the defaults, the two largest ages
             ages = sorted(int(a) for a in r["ages"])
             deliver_at, end = saved.get("deliver_at", ages[-2]), saved.get("iters", ages[-1])
@@ -203,6 +207,42 @@ def young_vs_old(rows: list, lo: float, hi: float, age: int = 40, horizon: int =
             f"that level carried on by its change over the 20 iterations before, {horizon} more, for {moved}")
 
 
+def levels_table(rows: list, deliver_at: int, end: int, span: int = 60) -> str:
+    """Per kappa with two draws or more: where each draw's chain sits (the mean of its medians over the
+    ``span`` iterations up to ``deliver_at``, and up to ``end``), how far apart the draws sit, and a
+    state's own noise about its chain's level (the sd of each median about the mean of the 21 around
+    it, over the same iterations, the median over draws). A window narrower than the draws' spread is
+    missed by some draws whatever the tuner does at that kappa; the state's own noise says how much
+    of a miss one state adds."""
+    by_kappa: dict = {}
+    for r in rows:
+        if len(r["medians"]) >= end:
+            by_kappa.setdefault(round(math.log10(r["kappa"]), 6), []).append(r)
+
+    def level(m, upto):
+        vals = [v for v in m[upto - span:upto] if v and math.isfinite(v)]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    def own_noise(m):
+        seg = m[deliver_at - span:end]
+        res = [seg[i] - sum(seg[i - 10:i + 11]) / 21 for i in range(10, len(seg) - 10)]
+        return math.sqrt(sum(x * x for x in res) / len(res)) if res else float("nan")
+
+    lines = [f"| kappa | draws | levels @{deliver_at} ms (spread) | levels @{end} ms (spread) | "
+             f"a state's own noise, sd ms |", "|---|---|---|---|---|"]
+    for x in sorted(by_kappa):
+        group = by_kappa[x]
+        if len(group) < 2:
+            continue
+        cols = []
+        for upto in (deliver_at, end):
+            lv = sorted(level(r["medians"], upto) for r in group)
+            cols.append(f"{', '.join(f'{v:.0f}' for v in lv)} ({lv[-1] - lv[0]:.0f})")
+        noise = sorted(own_noise(r["medians"]) for r in group)[len(group) // 2]
+        lines.append(f"| {10 ** x:.3g} | {len(group)} | {cols[0]} | {cols[1]} | {noise:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("project", type=Path, nargs="?", help="a project the job left (real_data.py --keep)")
@@ -224,6 +264,8 @@ def main(argv=None) -> int:
     if args.summarise:
         rows, deliver_at, end = load_runs(args.summarise)
         print(draws_table(rows, deliver_at, end))
+        print()
+        print(levels_table(rows, deliver_at, end))
         print()
         print(young_vs_old(rows, *args.target))
         return 0
