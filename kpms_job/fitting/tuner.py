@@ -47,7 +47,10 @@ What real chains do, and how the search copes:
   draws, not a response to bisect. Probing ends at the latest when there is just time left for
   the model delivered to run ``drift_horizon`` iterations at its kappa: then the probe whose
   latest check was nearest the window runs again from the start (the same draw) and on
-  (``committed``), corrected in steps of at most half a decade, never restarted. Unlike a probe,
+  (``committed``), corrected in steps of at most half a decade, never restarted. Until the replay
+  is older than its probe was when last checked it holds, as the probe did: what it measures then
+  is known. A probe whose replay would reach that age only after the last correction allowed
+  counts by the worse of where it was and where it was heading. Unlike a probe,
   it is nudged toward the aim when it sits in the window off the aim (a nudge draws nothing
   again), by the prior slope: the probes' slope is that of young chains.
 - No give-up on a hunch. The search ends without the window only when kappa is pinned at
@@ -107,9 +110,13 @@ class KappaTuner(Verdict):
     # restart_probes: probing is over and one chain now runs on (the probe that landed, or the
     # best one measured, run again from the start); it is never restarted again
     committed: bool = field(default=False, init=False)
-    # restart_probes: [log10 kappa, log10 duration] of each probe, the duration its LATEST check
-    # measured while it ran on at its kappa (a probe that landed may jump out later: its fate counts)
+    # restart_probes: [log10 kappa, log10 duration, age, log10 duration judged] of each probe, as its
+    # LATEST check measured and judged it (the age: iterations it had run at its kappa then) while it
+    # ran on at its kappa (a probe that landed may jump out later: its fate counts)
     probes: list = field(default_factory=list, init=False)
+    # restart_probes: the committed chain replays its probe (the same start, key and kappa) until this
+    # iteration, the age the probe was last checked at: what its checks measure until then is known
+    replay_until: int | None = field(default=None, init=False)
     # (iteration, log10 kappa, ms, iteration its kappa was set) of the first check of each stretch at
     # one kappa at which the tuner held and the state's own median was in the window: its snapshot is
     # kept, and a chain that ends outside delivers the latest of them (real open field: probes
@@ -324,13 +331,14 @@ class KappaTuner(Verdict):
             # curve is kappa's effect, not the chain's ageing (a young full model lengthens its
             # syllables at any kappa: 18 x 2,330 frames, 343 to 400 ms in 20 iterations)
             self.clean_points.append((lk, math.log10(measured)))
-            self.probes.append([lk, math.log10(measured)])
-        elif self.clean and self.probes and abs(self.probes[-1][0] - lk) < 1e-12:
-            self.probes[-1][1] = math.log10(measured)
         drift = self._drift(iteration)
         heading = 10 ** (math.log10(measured) + drift)
         # judged halfway along where it is heading: the whole stretch, now to horizon, is what must fit
         judged = 10 ** (math.log10(measured) + 0.5 * drift)
+        if self.clean and since == self.cfg.settle + self.cfg.check_every:
+            self.probes.append([lk, math.log10(measured), since, math.log10(judged)])
+        elif self.clean and self.probes and abs(self.probes[-1][0] - lk) < 1e-12:
+            self.probes[-1][1:] = [math.log10(measured), since, math.log10(judged)]
         # a held probe in the window is corrected for a drift only when even halfway to where
         # it heads it is out: three window means in a row one way is also what noise often does,
         # and a correction of a settled chain is a jump of its own (across a cliff, real data)
@@ -344,6 +352,14 @@ class KappaTuner(Verdict):
         # like any other: it goes on at the new kappa, nothing is drawn again (real data, 162 s: a
         # committed chain held at the window's edge, 400 ms, was at 433 ms 100 iterations later)
         probe = self.cfg.restart_probes and not self.committed
+        if self.replay_until is not None and iteration < self.replay_until:
+            # the committed chain replays its probe, which held at this age: acting on what is known
+            # would undo what the probe showed later (real golden mouse, first 120 s: a replay measured
+            # 310 ms at age 15 and was nudged up, though its probe had risen to 351 ms by age 35,
+            # heading for 438; it left the window above)
+            self.frozen = self.settled = True
+            self._note(iteration, measured, "hold (the committed chain replays its probe)", drift)
+            return None
         if inside and (self.frozen or self.on_target(judged) or self.nudges >= self.cfg.max_nudges
                        or not self._has_budget(iteration) or probe):
             self.frozen = self.settled = True
@@ -404,11 +420,13 @@ class KappaTuner(Verdict):
                 # probing ends: from here one chain runs on, corrected in small steps, never restarted
                 self.committed = True
                 why = "a cliff at the probes' age" if cliff else "no time left for probes"
-                best = self._best_probe(lk, measured)
+                best = self._best_probe(lk, measured, iteration)
                 if best is not None:
                     self._note(iteration, measured, f"rollback, kappa -> {10 ** best[0]:.3g} ({why}: the "
                                                     f"best probe, {10 ** best[1]:.0f} ms, runs again and on)")
-                    return self._move(10 ** best[0], iteration, rollback=True)
+                    new = self._move(10 ** best[0], iteration, rollback=True)
+                    self.replay_until = iteration + int(best[2])
+                    return new
         committed = self.cfg.restart_probes and self.committed
         # a nudge of a committed chain steps by the prior slope: the probes' slope is that of young
         # chains, and a flat one (clipped to 0.05) sent a settled chain half a decade down from
@@ -446,19 +464,25 @@ class KappaTuner(Verdict):
         self._note(iteration, measured, f"{what}kappa -> {10**new:.3g}", drift)
         return self._move(10 ** new, iteration, rollback)
 
-    def _best_probe(self, lk: float, measured: float) -> list | None:
-        """The probe ([log10 kappa, log10 ms], by its latest check) nearer the window than the chain now.
+    def _best_probe(self, lk: float, measured: float, iteration: int) -> list | None:
+        """The probe ([log10 kappa, log10 ms, age, log10 ms judged], by its latest check) nearer the
+        window than the chain now (a chain in the window runs on).
 
         None when no probe was: then the chain as it is runs on. Probes from one start with one
         random key are replayable: rolling back to the start at a probe's kappa draws the same
-        young chain again, which then ages at that kappa.
+        young chain again, which then ages at that kappa. A replay that reaches the age its probe was
+        last checked at only after the last correction allowed runs its known course uncorrected, so
+        that probe counts by the worse of where it was and where its latest check saw it heading
+        (real golden mouse, first 140 s: a probe seen at 406 ms at age 75, heading for 564 ms, was
+        replayed from iteration 145 and was at 500 ms at the end).
         """
         lo, hi = math.log10(self.cfg.lo_ms), math.log10(self.cfg.hi_ms)
 
         def off(p):  # decades outside the window (a chain in it runs on)
-            return max(lo - p[1], p[1] - hi, 0.0)
+            where = (p[1], p[3]) if iteration + p[2] > self.last_change_allowed() else (p[1],)
+            return max(max(lo - at, at - hi, 0.0) for at in where)
 
-        now = (lk, math.log10(measured))
+        now = (lk, math.log10(measured), 0, math.log10(measured))
         best = min(self.probes, key=off, default=now)
         if off(best) >= off(now) or self.base_iter is None:
             return None
@@ -474,6 +498,7 @@ class KappaTuner(Verdict):
 
     def _move(self, kappa: float, iteration: int, rollback: bool) -> float:
         self.frozen = False
+        self.replay_until = None
         self._set(kappa, iteration)
         self.rollback = self.base_iter if rollback else None
         self.clean = self.rollback is not None

@@ -608,3 +608,59 @@ def test_a_committed_chain_held_at_the_windows_edge_is_nudged_toward_the_aim():
         later = [ms(t.kappa, rng) for _ in range(100)][-1]
         stays.append(t.in_window(final) and t.in_window(later))
     assert all(stays), stays
+
+
+def rising_probes(seed):
+    """``ms(kappa, age)`` of probes that start low in the window and lengthen as they age, each kappa
+    at its own pace (a draw): the shape of golden_mouse's first 120 s, where a probe measured 310 ms
+    at age 15 and 351 ms at age 35, heading for 438 ms."""
+    def ms(kappa, age):
+        r = random.Random(f"{seed}:{round(math.log10(kappa), 3)}")
+        base, rate = r.uniform(280, 330), r.uniform(0.5, 3.0)
+        return quantise((base + rate * max(age - 15, 0)) * 10 ** random.Random(f"{seed}:{age}").gauss(0, 0.01))
+    return ms
+
+
+def test_a_committed_replay_holds_until_it_is_older_than_its_probe_was():
+    """The committed chain replays a probe (the same start, key and kappa), so its checks up to the
+    age the probe was last checked at measure what the probe measured: correcting on them undoes what
+    the probe showed next. The tuner before this test corrected such replays on 4 of these 40 seeds
+    (real data: a replay nudged up at age 15 left the window above)."""
+    acted = []
+    for seed in range(40):
+        t = KappaTuner(make_cfg(kappa0=7.3e7, start_ms=320.0, fixed_iters=50, restart_probes=True,
+                                drift_horizon=100))
+        drive_probes(t, rising_probes(seed))
+        for i, c in enumerate(t.checks):
+            if "runs again and on" not in c.action:
+                continue
+            kappa = c.action.split("kappa -> ")[1].split(" ")[0]
+            began = [x for x in t.checks[:i] if f"kappa -> {kappa}" in x.action]
+            if not began:
+                continue  # the start kappa's probe
+            ended = next(x for x in t.checks[t.checks.index(began[-1]) + 1:] if not x.action.startswith("hold"))
+            age = ended.iteration - began[-1].iteration
+            acted += [(seed, x.iteration) for x in t.checks[i + 1:]
+                      if x.iteration - c.iteration < age and not x.action.startswith("hold")]
+    assert not acted, acted
+
+
+def test_a_probe_whose_replay_would_run_uncorrected_counts_where_it_was_heading():
+    """The start kappa's probe holds in the window until it lengthens from age 60 and is corrected at
+    age 75; every other kappa is short or long (a cliff). When probing ends at iteration 145, its replay
+    would reach age 75 after the last correction allowed (210), so it would run its known course out
+    of the window. The tuner before this test replayed it (403 ms then, 500 ms at the end, 767 ms 100
+    iterations later); now it counts where it was heading, and another chain runs on."""
+    k0 = 4.34e3
+
+    def ms(kappa, age):
+        noise = 10 ** random.Random(f"{age}").gauss(0, 0.005)
+        if abs(math.log10(kappa / k0)) < 1e-6:
+            return quantise((355 + max(age - 60, 0) * 2.5) * noise)
+        return quantise((275 if kappa < k0 else 470) * noise)
+
+    t = KappaTuner(make_cfg(kappa0=k0, start_ms=300.0, fixed_iters=50, restart_probes=True, drift_horizon=100))
+    drive_probes(t, ms)
+    commits = [c for c in t.checks if "runs again and on" in c.action]
+    assert commits and commits[0].iteration + 75 > t.last_change_allowed(), [c.as_dict() for c in t.checks]
+    assert f"kappa -> {k0:.3g}" not in commits[0].action, commits[0].action
