@@ -428,10 +428,25 @@ class KappaTuner(Verdict):
                     self.replay_until = iteration + int(best[2])
                     return new
         committed = self.cfg.restart_probes and self.committed
+        # a chain that must shorten its syllables goes back to the base (a state measured short,
+        # or the start) when there is one: a continuing chain shortens them only slowly, so its
+        # measurements would say more about its past than about the new kappa (hysteresis)
+        # a correction for drift alone (the duration is in the window, heading out) keeps the chain:
+        # a probe from the start would be young again and drift the same way, while the chain's
+        # own drift slows as it settles
+        direction = -1 if not too_short else 1
+        keep = (drift != 0.0 and self.kept != direction
+                and (self.accepted(measured) or (self.settled and self._near_window(measured))))
         # a nudge of a committed chain steps by the prior slope: the probes' slope is that of young
         # chains, and a flat one (clipped to 0.05) sent a settled chain half a decade down from
         # 395 ms to 300 ms, then 267 ms 100 iterations later (real golden mouse, seed 0)
         slope = self.cfg.slope0 if inside and committed else self._slope(too_long=not too_short)
+        if too_short and (committed or (self.cfg.restart_probes and keep)):
+            # a full model that goes on lengthens its syllables within tens of iterations of a rise
+            # in kappa, and goes on lengthening after the check that sees it (real golden mouse cuts:
+            # half a decade up took kept and committed chains from 310-340 ms to 393-433 ms): a
+            # correction up that keeps the chain steps no further than the prior slope says
+            slope = max(slope, self.cfg.slope0)
         step = (self.center - math.log10(judged)) / slope
         # inside the window: a nudge toward the centre; a committed chain: a small step, for it goes
         # on and a settled model follows kappa slowly if at all
@@ -447,15 +462,6 @@ class KappaTuner(Verdict):
                             f"and the median duration is still {measured:.0f} ms")
             self._note(iteration, measured, "give up")
             return None
-        # a chain that must shorten its syllables goes back to the base (a state measured short,
-        # or the start) when there is one: a continuing chain shortens them only slowly, so its
-        # measurements would say more about its past than about the new kappa (hysteresis)
-        # a correction for drift alone (the duration is in the window, heading out) keeps the chain:
-        # a probe from the start would be young again and drift the same way, while the chain's
-        # own drift slows as it settles
-        direction = -1 if not too_short else 1
-        keep = (drift != 0.0 and self.kept != direction
-                and (self.accepted(measured) or (self.settled and self._near_window(measured))))
         rollback = ((self.cfg.restart_probes or not too_short) and not keep and not committed
                     and self.base_iter is not None and self.base_iter != iteration)
         # a kept chain that needs a second correction the same way did not follow the first

@@ -664,3 +664,30 @@ def test_a_probe_whose_replay_would_run_uncorrected_counts_where_it_was_heading(
     commits = [c for c in t.checks if "runs again and on" in c.action]
     assert commits and commits[0].iteration + 75 > t.last_change_allowed(), [c.as_dict() for c in t.checks]
     assert f"kappa -> {k0:.3g}" not in commits[0].action, commits[0].action
+
+
+def test_a_correction_up_that_keeps_the_chain_steps_no_further_than_the_prior_slope():
+    """Young probes from the AR-HMM's state hardly respond to kappa, so their slope is flat (clipped to
+    0.05) and says step far; a chain that goes on responds to a rise in kappa within tens of
+    iterations and keeps lengthening after the check that sees it. Real golden mouse, first 140 s,
+    seed 0: a kept chain at 310 ms heading for 261 ms was sent half a decade up, was at 393 ms 35
+    iterations later and, after a correction down, left the window 100 iterations after the end;
+    stepping by the prior slope (a third of a decade) it ended stable. Here every probe sits at
+    330 ms and sinks from age 20, at any kappa: the kept chain's corrections up must not be larger
+    than the prior slope's step. The tuner before this test stepped half a decade."""
+    def ms(kappa, age):
+        return quantise((330.0 - 0.8 * max(age - 20, 0)) * 10 ** random.Random(f"{age}").gauss(0, 0.005))
+
+    t = KappaTuner(make_cfg(kappa0=7e2, start_ms=330.0, fixed_iters=50, restart_probes=True, drift_horizon=100))
+    drive_probes(t, ms)
+    ups = []
+    for a, b in zip(t.checks, t.checks[1:], strict=False):
+        if "kappa ->" in a.action and not a.action.startswith("rollback") and b.kappa > a.kappa:
+            heading = a.median_ms
+            if "drifting" in a.action:
+                heading = float(a.action.split("drifting toward ")[1].split(" ")[0])
+            judged = math.sqrt(a.median_ms * heading)
+            prior = (math.log10(math.sqrt(300.0 * 400.0)) - math.log10(judged)) / t.cfg.slope0
+            ups.append((a.iteration, math.log10(b.kappa / a.kappa), prior))
+    assert ups, [c.as_dict() for c in t.checks]
+    assert all(step <= prior + 0.01 for _, step, prior in ups), ups
