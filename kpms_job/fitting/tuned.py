@@ -19,14 +19,28 @@ from .tuner import KappaTuner, TunerConfig
 log = logging.getLogger("kpms_job")
 
 
-def _config(ctx, kappa0: float, iters: int, budget: float, aim: float = 0.5,
+def _config(m: dict, kappa0: float, iters: int, budget: float, aim: float = 0.5,
             start_ms: float | None = None) -> TunerConfig:
-    ts = tuning_settings(ctx.m)
-    lo, hi = ctx.m["targets"]["median_duration_ms"]
+    ts = tuning_settings(m)
+    lo, hi = m["targets"]["median_duration_ms"]
     fixed = max(ts["check_every"], math.ceil(ts["fixed_fraction"] * iters))
     return TunerConfig(lo_ms=float(lo), hi_ms=float(hi), kappa0=float(kappa0), min_iters=iters,
                        max_iters=max(iters, int(budget * iters)), fixed_iters=fixed,
                        check_every=ts["check_every"], aim=float(aim), start_ms=start_ms)
+
+
+def full_config(m: dict, kappa0: float, start_ms: float | None) -> TunerConfig:
+    """The full model's tuner settings (the manifest ``m``, filled): ``kappa0`` its first kappa,
+    ``start_ms`` the median of the AR-HMM state it starts from. Pure, so that a saved chain's
+    observations can be replayed through another tuner (``benchmarks/tuner_replay.py``)."""
+    ts = tuning_settings(m)
+    # the full model starts from the AR-HMM's last state, whose median the AR-HMM tuner measured:
+    # when that is not too long, every downward correction probes again from it (a clean start)
+    # and every correction, up too, restarts from it: a settled full model may follow kappa in
+    # neither direction (open-field: 233-275 ms while kappa rose from 2.5e6 to 2e11), while the
+    # first iterations from the AR-HMM's state do; so the probes measure one response curve
+    return dataclasses.replace(_config(m, kappa0, m["fitting"]["full_iters"], ts["full_budget"], start_ms=start_ms),
+                               restart_probes=True, drift_horizon=int(ts["stability_iters"]))
 
 
 def _tuned_chain(ctx, name: str, label: str, key: str, cfg: TunerConfig, make_model, ar_only: bool,
@@ -155,7 +169,7 @@ def run_arhmm(ctx, initial_model):
     # from an AR-HMM state at 400 ms it stayed at 480-520 ms while kappa fell eight decades; from
     # one at 280 ms it stayed at 280 ms), so the AR-HMM aims at the window's lower part and the
     # full model approaches the window from below, where kappa acts fast
-    cfg = _config(ctx, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"], aim=ts["arhmm_aim"])
+    cfg = _config(ctx.m, ctx.m["model"]["kappa"], iters, ts["arhmm_budget"], aim=ts["arhmm_aim"])
     key = fingerprint(ctx.fingerprints["pca"], ctx.m["model"]["seed"], ctx.m["model"]["kappa"],
                       {k: ts[k] for k in ("check_every", "fixed_fraction", "arhmm_aim", "arhmm_budget")},
                       ctx.m["targets"]["median_duration_ms"], iters, "arhmm-tuned-4")
@@ -177,14 +191,7 @@ def run_full(ctx, from_arhmm, arhmm_key: str):
     iters = ctx.m["fitting"]["full_iters"]
     arhmm = ctx.info("arhmm")
     start = ctx.m["model"]["full_kappa"] or arhmm["kappa"] * ts["full_kappa_ratio"]
-    # the full model starts from the AR-HMM's last state, whose median the AR-HMM tuner measured:
-    # when that is not too long, every downward correction probes again from it (a clean start)
-    # and every correction, up too, restarts from it: a settled full model may follow kappa in
-    # neither direction (open-field: 233-275 ms while kappa rose from 2.5e6 to 2e11), while the
-    # first iterations from the AR-HMM's state do; so the probes measure one response curve
-    cfg = dataclasses.replace(_config(ctx, start, iters, ts["full_budget"],
-                                      start_ms=arhmm.get("median_duration_ms")), restart_probes=True,
-                              drift_horizon=int(ts["stability_iters"]))
+    cfg = full_config(ctx.m, start, arhmm.get("median_duration_ms"))
     key = fingerprint(arhmm_key, {k: ts[k] for k in ("check_every", "fixed_fraction", "full_budget",
                                                                "stability_iters")},
                       ctx.m["targets"]["median_duration_ms"], iters, start, cfg.start_ms, "full-tuned-6")

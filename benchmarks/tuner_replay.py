@@ -1,0 +1,121 @@
+"""Tuner replay: would another revision's kappa tuner have steered a finished full model the same way?
+
+The tuner is a pure function of the medians it observed, and the job saves them (the job state's
+``tuning`` entry of each chain). This replays one kept project's full-model medians through this
+tree's tuner and through the tuner of ``--against REV`` (its ``kpms_job/fitting/tuner*.py``, read
+with ``git show``), side by side, and says where their decisions (the next kappa, and whether the
+chain rolls back) first differ. Up to that iteration the two tuners would have run the same chain
+(the same seed, the same kappas), so a project whose decisions never differ would end the same
+under both; one that differs must be rerun to know how it ends. Nothing is fitted.
+
+    .venv/bin/python benchmarks/real_data.py /tmp/rd --datasets golden_mouse --keep
+    .venv/bin/python benchmarks/tuner_replay.py /tmp/rd/projects/golden_mouse/project --against HEAD~3
+
+The tuner's settings come from the manifest the project ran with (``.kpms-job/last_run.json``), its
+first kappa from the full model's checkpoint (snapshot 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TUNER_FILES = ("tuner.py", "tuner_config.py", "tuner_verdict.py")
+
+
+def tuner_at(rev: str, folder: Path):
+    """The KappaTuner and TunerConfig classes of revision ``rev``, as a package written under ``folder``."""
+    pkg = folder / "tuner_at_rev"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in TUNER_FILES:
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:kpms_job/fitting/{name}"],
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise SystemExit(f"--against {rev}: expected kpms_job/fitting/{name} in that revision, "
+                             f"git says: {shown.stderr.strip()}")
+        (pkg / name).write_text(shown.stdout)
+    sys.path.insert(0, str(folder))
+    mod = importlib.import_module("tuner_at_rev.tuner")
+    return mod.KappaTuner, importlib.import_module("tuner_at_rev.tuner_config").TunerConfig
+
+
+def first_kappa(checkpoint: Path) -> float:
+    import h5py
+
+    with h5py.File(checkpoint, "r") as f:
+        return float(f["model_snapshots/0/hypparams/trans_hypparams/kappa"][()])
+
+
+def full_chains(project: Path) -> tuple[dict, list]:
+    """The manifest the project ran with, and (model name, saved tuning) of each full-model chain."""
+    from kpms_job.manifest import load
+
+    run = project / ".kpms-job" / "last_run.json"
+    state = project / ".kpms-job" / "state.json"
+    for path in (run, state):
+        if not path.exists():
+            raise SystemExit(f"{project}: expected {path.relative_to(project)} (a project the job ran), found none")
+    m = load(json.loads(run.read_text())["manifest"])
+    tuning = json.loads(state.read_text()).get("extra", {}).get("tuning", {})
+    chains = [(name, saved) for name, saved in tuning.items() if not name.endswith("_arhmm")]
+    if not chains:
+        raise SystemExit(f"{project}: its job state holds no tuned full-model chain (was tuning off?)")
+    return m, chains
+
+
+def _said(tuner, iteration: int) -> str:
+    c = tuner.checks[-1] if tuner.checks and tuner.checks[-1].iteration == iteration else None
+    return f"{c.median_ms:.0f} ms at kappa {c.kappa:.3g}: {c.action}" if c else "no check"
+
+
+def compare(project: Path, theirs, their_config) -> list:
+    """One line per full-model chain of ``project``: where the two tuners' decisions first differ."""
+    from kpms_job.fitting.tuned import full_config
+    from kpms_job.fitting.tuner import KappaTuner
+
+    m, chains = full_chains(project)
+    lines = []
+    for name, saved in chains:
+        cfg = full_config(m, first_kappa(project / name / "checkpoint.h5"), saved.get("start_ms"))
+        fields = {f.name for f in dataclasses.fields(their_config)}
+        ours, other = KappaTuner(cfg), theirs(their_config(**{k: v for k, v in vars(cfg).items() if k in fields}))
+        differs = None
+        for it, ms in saved["medians"]:
+            a, b = ours.observe(int(it), ms), other.observe(int(it), ms)
+            same = (a is None) == (b is None) and (a is None or abs(a / b - 1) < 1e-9)
+            if not same or ours.rollback != other.rollback:
+                differs = it
+                break
+        if differs is None:
+            lines.append(f"{project} {name}: the same decisions at all {len(saved['medians'])} iterations")
+        else:
+            lines.append(f"{project} {name}: first differs at iteration {differs}\n"
+                         f"    against: {_said(other, differs)}\n    this tree: {_said(ours, differs)}")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("projects", nargs="+", type=Path, help="projects the job left (real_data.py --keep)")
+    ap.add_argument("--against", required=True, metavar="REV", help="the git revision whose tuner to compare")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs, their_config = tuner_at(args.against, Path(tmp))
+        for project in args.projects:
+            print("\n".join(compare(project, theirs, their_config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
