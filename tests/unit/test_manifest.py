@@ -277,6 +277,8 @@ def mutated_example(draw):
             parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier edit removed or replaced it
+        if not isinstance(parent, (dict, list)):
+            continue  # an earlier edit replaced it with a string, which indexes but cannot be edited
         edit = draw(st.sampled_from(["replace", "drop", "misspell"]))
         if edit == "replace":
             parent[path[-1]] = draw(VALUES)
