@@ -284,7 +284,7 @@ def mutated_example(draw):
             parent[path[-1]] = draw(VALUES)
         elif edit == "drop" and isinstance(parent, dict):
             del parent[path[-1]]
-        elif edit == "misspell" and isinstance(parent, dict):
+        elif edit == "misspell" and isinstance(parent, dict) and isinstance(path[-1], str):
             key = path[-1]
             parent[key + draw(st.sampled_from(["s", "_", "x"]))] = parent.pop(key)
     return m
