@@ -122,14 +122,15 @@ def final_segments(path: Path) -> dict:
             "longest_frames": int(durs.max()) if len(durs) else None}
 
 
-def checkpoint_kappa(path: Path) -> float | None:
+def checkpoint_kappa(path: Path, iteration: int | None = None) -> float | None:
+    """The kappa of a checkpoint's snapshot at ``iteration`` (None: its latest)."""
     import h5py
 
     if not path.exists():
         return None
     with h5py.File(path, "r") as f:
-        last = max(f["model_snapshots"].keys(), key=int)
-        return float(f[f"model_snapshots/{last}/hypparams/trans_hypparams/kappa"][()])
+        at = max(f["model_snapshots"].keys(), key=int) if iteration is None else iteration
+        return float(f[f"model_snapshots/{at}/hypparams/trans_hypparams/kappa"][()])
 
 
 # ---------------------------------------------------------------- the project's config.yml

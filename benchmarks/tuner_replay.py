@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from benchmarks import kappa_sweep  # noqa: E402
 
 TUNER_FILES = ("tuner.py", "tuner_config.py", "tuner_verdict.py")
 
@@ -50,24 +51,16 @@ def tuner_at(rev: str, folder: Path):
     return mod.KappaTuner, importlib.import_module("tuner_at_rev.tuner_config").TunerConfig
 
 
-def first_kappa(checkpoint: Path) -> float:
-    import h5py
-
-    with h5py.File(checkpoint, "r") as f:
-        return float(f["model_snapshots/0/hypparams/trans_hypparams/kappa"][()])
-
-
 def full_chains(project: Path) -> tuple[dict, list]:
     """The manifest the project ran with, and (model name, saved tuning) of each full-model chain."""
     from kpms_job.manifest import load
+    from kpms_job.state import JobState
 
     run = project / ".kpms-job" / "last_run.json"
-    state = project / ".kpms-job" / "state.json"
-    for path in (run, state):
-        if not path.exists():
-            raise SystemExit(f"{project}: expected {path.relative_to(project)} (a project the job ran), found none")
+    if not run.exists():
+        raise SystemExit(f"{project}: expected {run.relative_to(project)} (a project the job ran), found none")
     m = load(json.loads(run.read_text())["manifest"])
-    tuning = json.loads(state.read_text()).get("extra", {}).get("tuning", {})
+    tuning = JobState(project).get("tuning", {})
     chains = [(name, saved) for name, saved in tuning.items() if not name.endswith("_arhmm")]
     if not chains:
         raise SystemExit(f"{project}: its job state holds no tuned full-model chain (was tuning off?)")
@@ -87,7 +80,7 @@ def compare(project: Path, theirs, their_config) -> list:
     m, chains = full_chains(project)
     lines = []
     for name, saved in chains:
-        cfg = full_config(m, first_kappa(project / name / "checkpoint.h5"), saved.get("start_ms"))
+        cfg = full_config(m, kappa_sweep.checkpoint_kappa(project / name / "checkpoint.h5", 0), saved.get("start_ms"))
         fields = {f.name for f in dataclasses.fields(their_config)}
         ours, other = KappaTuner(cfg), theirs(their_config(**{k: v for k, v in vars(cfg).items() if k in fields}))
         differs = None
