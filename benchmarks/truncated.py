@@ -45,6 +45,10 @@ def cut(src: Path, frames: int, dest: Path) -> Path:
         if max((lf.frame_idx for lf in labels.labeled_frames), default=-1) + 1 < frames:
             raise SystemExit(f"{src}: expected at least {frames} frames to cut, found {len(labels.labeled_frames)}")
         labels.labeled_frames = kept
+        # sleap-io sizes the keypoint array by the video's length when it can open the video: the cut
+        # names a video that does not exist, so its length is that of the frames kept
+        labels.replace_videos(new_videos=[sio.Video(filename=str(out.with_suffix(".not-cut.mp4")),
+                                                    open_backend=False)])
         sio.save_slp(labels, str(out))
     else:  # csv: header rows (scorer, [individuals,] bodyparts, coords), then one row per frame
         lines = src.read_text().splitlines()
