@@ -126,6 +126,9 @@ class KappaTuner(Verdict):
     # keeper iteration -> the iteration at which its own chain, still at its kappa, measured out of
     # the window: a state seen to leave the window on its own is no stable model
     left: dict = field(default_factory=dict, init=False)
+    # keeper iteration -> the latest check at which its own chain, still at its kappa and not yet seen
+    # out, measured in the window: watched there for ``drift_horizon`` iterations, it is stable
+    held_to: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.kappa = float(self.cfg.kappa0)
@@ -295,9 +298,11 @@ class KappaTuner(Verdict):
         stretch = self.changed_at
         new = self._observe(iteration, median_ms)
         check = self.checks[-1] if self.checks and self.checks[-1].iteration == iteration else None
-        if (check is not None and self.keepers and self.keepers[-1][3] == stretch
-                and not self.in_window(check.median_ms)):
-            self.left.setdefault(self.keepers[-1][0], iteration)
+        if check is not None and self.keepers and self.keepers[-1][3] == stretch:
+            if not self.in_window(check.median_ms):
+                self.left.setdefault(self.keepers[-1][0], iteration)
+            elif self.keepers[-1][0] not in self.left:
+                self.held_to[self.keepers[-1][0]] = iteration
         # one keeper per stretch at one kappa: its first state held in the window (a snapshot of a
         # large study is hundreds of MB, and the states of one stretch differ only by its drift)
         if (new is None and check is not None and self.accepted(self.medians[-1][1])

@@ -64,10 +64,19 @@ class Verdict:
         if inside and kept is not None:
             ended = "NaN" if ended_ms is None else f"{ended_ms:.0f}"
             out_at = self.left.get(kept[0], last if self._ended_out_from(kept, ended_ms) else None)
-            stable = False if out_at is not None else None
-            what = ("in window" if out_at is None else
-                    f"in window but NOT stable (its own chain, still at its kappa, was out of the window "
-                    f"by iteration {out_at})")
+            watched = self.held_to.get(kept[0], kept[0]) - kept[0]
+            horizon = self.cfg.drift_horizon
+            # what stable means: the state's own chain, at its kappa, still in the window that many
+            # iterations on; a chain seen to leave only later does not undo that (real flies, first
+            # 140 s: a state held 120 iterations, its chain out 130 iterations on, 100 on it was in)
+            stable = True if horizon and watched >= horizon else (False if out_at is not None else None)
+            if stable:
+                what = (f"in window and stable (its own chain, still at its kappa, was in the window "
+                        f"{watched} iterations on{f', out by iteration {out_at}' if out_at is not None else ''})")
+            else:
+                what = ("in window" if out_at is None else
+                        f"in window but NOT stable (its own chain, still at its kappa, was out of the window "
+                        f"by iteration {out_at})")
             verdict = (f"{what}: delivers the state of iteration {kept[0]} ({final_ms:.0f} ms at kappa "
                        f"{delivered[1]:.3g}, after {kept[0] - kept[3]} iterations at that kappa), the last "
                        f"state held in the window; the chain ran on to iteration {last} and ended at "

@@ -581,6 +581,28 @@ def test_the_latest_state_held_in_the_window_is_delivered_and_said_unstable_when
         "in window but NOT stable (its own chain, still at its kappa, was out of the window by iteration 140)")
 
 
+def test_a_state_whose_own_chain_held_the_window_past_the_horizon_is_stable_though_it_left_later():
+    """Stable means: the state's own chain, still at its kappa, in the window ``drift_horizon``
+    iterations on. Real flies, first 140 s (seed 0): a state held at iteration 75, its chain in the
+    window at every check to 195 and out at 205; delivered, it was at 360 ms 100 iterations on (the
+    benchmark's own continuation), yet the job said NOT stable and exited 5. Its chain watched in the
+    window for the horizon makes it stable; leaving sooner than that does not."""
+    def run(jump):
+        def ms(kappa, age):  # every other kappa draws long
+            return quantise(360.0 if abs(math.log10(kappa) - 6.0) < 1e-9 and age <= jump else 700.0)
+        t = KappaTuner(make_cfg(kappa0=1e6, start_ms=300.0, fixed_iters=50, restart_probes=True, drift_horizon=100))
+        drive_probes(t, ms)
+        assert t.keepers[0][0] == 15 and t.left[15] == jump + 5, [c.as_dict() for c in t.checks]
+        return t.report(360.0, (15, 1e6), ended_ms=700.0)  # as when that state is delivered
+
+    held = run(jump=130)  # its chain in the window at every check to 125, out at 135
+    assert held["stable"] is True and held["verdict"].startswith(
+        "in window and stable (its own chain, still at its kappa, was in the window 110 iterations on, "
+        "out by iteration 135)"), held["verdict"]
+    left = run(jump=90)
+    assert left["stable"] is False and "NOT stable" in left["verdict"], left["verdict"]
+
+
 def test_a_committed_chain_held_at_the_windows_edge_is_nudged_toward_the_aim():
     """Real golden mouse (4,860 frames, seed 1): probing time ran out, the best probe ran again and
     on, was last corrected at iteration 185 and held where it then measured, 400 ms, the window's
