@@ -10,6 +10,11 @@ under both; one that differs must be rerun to know how it ends. Nothing is fitte
 
     .venv/bin/python benchmarks/real_data.py /tmp/rd --datasets golden_mouse --keep
     .venv/bin/python benchmarks/tuner_replay.py /tmp/rd/projects/golden_mouse/project --against HEAD~3
+    .venv/bin/python benchmarks/tuner_replay.py --rows /tmp/rd/real_data.json --against HEAD~3
+
+``--rows`` replays real_data.py rows from the tuner record each row keeps (no project needed), and
+prints the exit code and verdict each tuner would end with beside what the row measured: a change
+to the verdict alone (the decisions the same) is judged on the rows already run.
 
 The tuner's settings come from the manifest the project ran with (``.kpms-job/last_run.json``), its
 first kappa from the full model's checkpoint (snapshot 0).
@@ -72,41 +77,85 @@ def _said(tuner, iteration: int) -> str:
     return f"{c.median_ms:.0f} ms at kappa {c.kappa:.3g}: {c.action}" if c else "no check"
 
 
-def compare(project: Path, theirs, their_config) -> list:
-    """One line per full-model chain of ``project``: where the two tuners' decisions first differ."""
+def _verdict(tuner) -> dict:
+    """The report the job writes when a chain that saw these medians ends (``_tuned_chain``): the
+    last median is the final state's; a chain ending outside may deliver an earlier state."""
+    ended = tuner.medians[-1][1] if tuner.medians else None
+    delivered = tuner.delivery(ended)
+    final = ended if delivered is None else next(ms for it, ms in tuner.medians if it == delivered[0])
+    rep = tuner.report(final, delivered, ended_ms=ended if delivered is not None else None)
+    rep["exit"] = 5 if (not rep["in_window"] or rep["stable"] is False) else 0
+    return rep
+
+
+def compare_chain(label: str, m: dict, kappa0: float, saved: dict, theirs, their_config) -> tuple[str, dict, dict]:
+    """Where the two tuners' decisions on one chain's medians first differ (a line), and the report
+    each would end with (meaningful for both only when they never differ)."""
     from kpms_job.fitting.tuned import full_config
     from kpms_job.fitting.tuner import KappaTuner
 
+    cfg = full_config(m, kappa0, saved.get("start_ms"))
+    fields = {f.name for f in dataclasses.fields(their_config)}
+    ours, other = KappaTuner(cfg), theirs(their_config(**{k: v for k, v in vars(cfg).items() if k in fields}))
+    differs = None
+    for it, ms in saved["medians"]:
+        a, b = ours.observe(int(it), ms), other.observe(int(it), ms)
+        same = (a is None) == (b is None) and (a is None or abs(a / b - 1) < 1e-9)
+        if not same or ours.rollback != other.rollback:
+            differs = it
+            break
+    if differs is None:
+        line = f"{label}: the same decisions at all {len(saved['medians'])} iterations"
+    else:
+        line = (f"{label}: first differs at iteration {differs}\n"
+                f"    against: {_said(other, differs)}\n    this tree: {_said(ours, differs)}")
+    return line, _verdict(other), _verdict(ours) if differs is None else None
+
+
+def compare(project: Path, theirs, their_config) -> list:
+    """One line per full-model chain of ``project``: where the two tuners' decisions first differ."""
     m, chains = full_chains(project)
+    return [compare_chain(f"{project} {name}", m, kappa_sweep.checkpoint_kappa(project / name / "checkpoint.h5", 0),
+                          saved, theirs, their_config)[0] for name, saved in chains]
+
+
+def compare_rows(path: Path, theirs, their_config) -> list:
+    """real_data.py rows (its JSON, whose rows record their tuner's inputs): per row, whether the two
+    tuners decide the same, the exit code and verdict each ends with, and what the row measured 100
+    iterations on (the stability check of the state the job delivered)."""
     lines = []
-    for name, saved in chains:
-        cfg = full_config(m, kappa_sweep.checkpoint_kappa(project / name / "checkpoint.h5", 0), saved.get("start_ms"))
-        fields = {f.name for f in dataclasses.fields(their_config)}
-        ours, other = KappaTuner(cfg), theirs(their_config(**{k: v for k, v in vars(cfg).items() if k in fields}))
-        differs = None
-        for it, ms in saved["medians"]:
-            a, b = ours.observe(int(it), ms), other.observe(int(it), ms)
-            same = (a is None) == (b is None) and (a is None or abs(a / b - 1) < 1e-9)
-            if not same or ours.rollback != other.rollback:
-                differs = it
-                break
-        if differs is None:
-            lines.append(f"{project} {name}: the same decisions at all {len(saved['medians'])} iterations")
-        else:
-            lines.append(f"{project} {name}: first differs at iteration {differs}\n"
-                         f"    against: {_said(other, differs)}\n    this tree: {_said(ours, differs)}")
+    for row in json.loads(path.read_text())["rows"]:
+        rec = row.get("full_tuning")
+        if not rec:
+            lines.append(f"{path} {row['dataset']}: no tuner record (a row of an older real_data.py, or no fit)")
+            continue
+        label = f"{path} {row['dataset']}"
+        line, theirs_rep, ours_rep = compare_chain(label, rec["manifest"], rec["kappa0"], rec, theirs, their_config)
+        st = row.get("stability", {})
+        lines.append(line)
+        lines.append(f"    measured: job exit {row.get('exit')}, {st.get('median_before_ms', float('nan')):.0f} ms, "
+                     f"{st.get('median_after_ms', float('nan')):.0f} ms 100 iterations on")
+        lines.append(f"    against:   exit {theirs_rep['exit']}: {theirs_rep['verdict'][:160]}")
+        if ours_rep is not None:
+            lines.append(f"    this tree: exit {ours_rep['exit']}: {ours_rep['verdict'][:160]}")
     return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("projects", nargs="+", type=Path, help="projects the job left (real_data.py --keep)")
+    ap.add_argument("projects", nargs="*", type=Path, help="projects the job left (real_data.py --keep)")
+    ap.add_argument("--rows", nargs="+", type=Path, default=[], metavar="JSON",
+                    help="real_data.py (or truncated.py) real_data.json files: replay their rows' records")
     ap.add_argument("--against", required=True, metavar="REV", help="the git revision whose tuner to compare")
     args = ap.parse_args(argv)
+    if not args.projects and not args.rows:
+        ap.error("give kept projects, or --rows real_data.json")
     with tempfile.TemporaryDirectory() as tmp:
         theirs, their_config = tuner_at(args.against, Path(tmp))
         for project in args.projects:
             print("\n".join(compare(project, theirs, their_config)))
+        for rows in args.rows:
+            print("\n".join(compare_rows(rows, theirs, their_config)))
     return 0
 
 
