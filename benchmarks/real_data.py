@@ -202,23 +202,6 @@ def run_job_measured(manifest: Path, log_file: Path) -> dict:
             "peak_per_stage_gib": {s: round(v / GiB, 3) for s, v in peaks.items()}}
 
 
-def tuner_record(project: Path, model_name: str) -> dict | None:
-    """What the full model's kappa tuner saw and was set with, so that a row can be replayed through
-    another tuner after its project is gone: the manifest the job ran with (filled with its
-    defaults), the first kappa, the start's median and every iteration's median."""
-    from benchmarks import kappa_sweep  # it imports this module
-    from kpms_job.manifest import load
-    from kpms_job.state import JobState
-
-    run = project / ".kpms-job" / "last_run.json"
-    ckpt = project / model_name / "checkpoint.h5"
-    saved = JobState(project).get("tuning", {}).get(model_name) if run.exists() else None
-    if not saved or not ckpt.exists():
-        return None
-    return {"manifest": load(json.loads(run.read_text())["manifest"]), "kappa0": kappa_sweep.checkpoint_kappa(ckpt, 0),
-            "start_ms": saved.get("start_ms"), "medians": saved["medians"]}
-
-
 def run_row(name: str, args, work: Path, logs: Path) -> dict:
     fmt, paths, fps, note = DATASETS[name]
     fps = float(fps() if callable(fps) else fps)
@@ -261,7 +244,9 @@ def run_row(name: str, args, work: Path, logs: Path) -> dict:
     else:
         st = {"error": "no finished model"}
     row["stability"] = st
-    row["full_tuning"] = tuner_record(work / "project", model_name)
+    from benchmarks import tuner_replay  # it imports this module (through kappa_sweep)
+
+    row["full_tuning"] = tuner_replay.records(work / "project").get(model_name)
     row["median_ms"] = st.get("median_before_ms", row["summary_median_ms"])
     row["in_window"] = bool(st.get("in_window_before", False))
     row["stable"] = bool(st.get("in_window_after", False))

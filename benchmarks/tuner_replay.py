@@ -56,20 +56,22 @@ def tuner_at(rev: str, folder: Path):
     return mod.KappaTuner, importlib.import_module("tuner_at_rev.tuner_config").TunerConfig
 
 
-def full_chains(project: Path) -> tuple[dict, list]:
-    """The manifest the project ran with, and (model name, saved tuning) of each full-model chain."""
+def records(project: Path) -> dict:
+    """Model name -> what the tuner of each full-model chain of ``project`` saw and was set with: the
+    manifest the job ran with (filled with its defaults), the first kappa (the checkpoint's snapshot
+    0), the start's median and every iteration's median. Empty when the job did not run there or ran
+    without tuning. ``real_data.py`` keeps this in each row, so that a row replays without its project."""
     from kpms_job.manifest import load
     from kpms_job.state import JobState
 
     run = project / ".kpms-job" / "last_run.json"
     if not run.exists():
-        raise SystemExit(f"{project}: expected {run.relative_to(project)} (a project the job ran), found none")
+        return {}
     m = load(json.loads(run.read_text())["manifest"])
-    tuning = JobState(project).get("tuning", {})
-    chains = [(name, saved) for name, saved in tuning.items() if not name.endswith("_arhmm")]
-    if not chains:
-        raise SystemExit(f"{project}: its job state holds no tuned full-model chain (was tuning off?)")
-    return m, chains
+    return {name: {"manifest": m, "kappa0": kappa_sweep.checkpoint_kappa(project / name / "checkpoint.h5", 0),
+                   "start_ms": saved.get("start_ms"), "medians": saved["medians"]}
+            for name, saved in JobState(project).get("tuning", {}).items()
+            if not name.endswith("_arhmm") and (project / name / "checkpoint.h5").exists()}
 
 
 def _said(tuner, iteration: int) -> str:
@@ -84,28 +86,28 @@ def _verdict(tuner) -> dict:
     delivered = tuner.delivery(ended)
     final = ended if delivered is None else next(ms for it, ms in tuner.medians if it == delivered[0])
     rep = tuner.report(final, delivered, ended_ms=ended if delivered is not None else None)
-    rep["exit"] = 5 if (not rep["in_window"] or rep["stable"] is False) else 0
+    rep["exit"] = 5 if (not rep["in_window"] or rep["stable"] is False) else 0  # as kpms_job.cli's exit code
     return rep
 
 
-def compare_chain(label: str, m: dict, kappa0: float, saved: dict, theirs, their_config) -> tuple[str, dict, dict]:
-    """Where the two tuners' decisions on one chain's medians first differ (a line), and the report
-    each would end with (meaningful for both only when they never differ)."""
+def compare_chain(label: str, rec: dict, theirs, their_config) -> tuple[str, dict, dict]:
+    """Where the two tuners' decisions on one chain's record (``records``) first differ (a line), and
+    the report each would end with (meaningful for both only when they never differ)."""
     from kpms_job.fitting.tuned import full_config
     from kpms_job.fitting.tuner import KappaTuner
 
-    cfg = full_config(m, kappa0, saved.get("start_ms"))
+    cfg = full_config(rec["manifest"], rec["kappa0"], rec.get("start_ms"))
     fields = {f.name for f in dataclasses.fields(their_config)}
     ours, other = KappaTuner(cfg), theirs(their_config(**{k: v for k, v in vars(cfg).items() if k in fields}))
     differs = None
-    for it, ms in saved["medians"]:
+    for it, ms in rec["medians"]:
         a, b = ours.observe(int(it), ms), other.observe(int(it), ms)
         same = (a is None) == (b is None) and (a is None or abs(a / b - 1) < 1e-9)
         if not same or ours.rollback != other.rollback:
             differs = it
             break
     if differs is None:
-        line = f"{label}: the same decisions at all {len(saved['medians'])} iterations"
+        line = f"{label}: the same decisions at all {len(rec['medians'])} iterations"
     else:
         line = (f"{label}: first differs at iteration {differs}\n"
                 f"    against: {_said(other, differs)}\n    this tree: {_said(ours, differs)}")
@@ -114,9 +116,11 @@ def compare_chain(label: str, m: dict, kappa0: float, saved: dict, theirs, their
 
 def compare(project: Path, theirs, their_config) -> list:
     """One line per full-model chain of ``project``: where the two tuners' decisions first differ."""
-    m, chains = full_chains(project)
-    return [compare_chain(f"{project} {name}", m, kappa_sweep.checkpoint_kappa(project / name / "checkpoint.h5", 0),
-                          saved, theirs, their_config)[0] for name, saved in chains]
+    chains = records(project)
+    if not chains:
+        raise SystemExit(f"{project}: expected a project the job ran with tuning on (.kpms-job/last_run.json "
+                         "and a tuned full-model chain in its job state), found none")
+    return [compare_chain(f"{project} {name}", rec, theirs, their_config)[0] for name, rec in chains.items()]
 
 
 def compare_rows(path: Path, theirs, their_config) -> list:
@@ -130,7 +134,7 @@ def compare_rows(path: Path, theirs, their_config) -> list:
             lines.append(f"{path} {row['dataset']}: no tuner record (a row of an older real_data.py, or no fit)")
             continue
         label = f"{path} {row['dataset']}"
-        line, theirs_rep, ours_rep = compare_chain(label, rec["manifest"], rec["kappa0"], rec, theirs, their_config)
+        line, theirs_rep, ours_rep = compare_chain(label, rec, theirs, their_config)
         st = row.get("stability", {})
         lines.append(line)
         lines.append(f"    measured: job exit {row.get('exit')}, {st.get('median_before_ms', float('nan')):.0f} ms, "
