@@ -48,6 +48,37 @@ class Verdict:
             return None
         return it, 10 ** lk
 
+    def level(self, upto: int, since: int) -> tuple[float, int] | None:
+        """(ms, n): where the chain sat at the end, the geometric mean of the medians of the last ``n``
+        iterations up to ``upto`` (at most ``drift_windows`` check windows) that ran at the kappa set
+        at iteration ``since``, after it settled. None when fewer than one check window ran so."""
+        first = max(since + self.cfg.settle, upto - self.cfg.drift_windows * self.cfg.check_every)
+        vals = [m for i, m in self.medians if first < i <= upto and m is not None and m > 0]
+        if len(vals) < self.cfg.check_every:
+            return None
+        return 10 ** (sum(math.log10(v) for v in vals) / len(vals)), len(vals)
+
+    def _edge(self, upto: int, since: int) -> tuple[float | None, str]:
+        """The chain's level at the end (``level``), and a warning when a full model (one that must
+        stay in the window ``drift_horizon`` iterations) sat above the band around the aim.
+
+        One state's median is a draw about where its chain sits; the chain, not the state, is what
+        goes on, and it wanders (real cuts of 100-140 s: by 0.04 decades, sd, in the 50 iterations
+        after the last correction allowed, half the window's width in 100). A full model lengthens
+        its syllables as it ages, so a chain high in the window is the one that leaves it: of the
+        models delivered with exit 0 on real recordings of 100 s or more (benchmarks/truncated.py
+        and real_data.py), 4 of the 8 whose chain averaged above this band were out of the window
+        100 iterations later, and none of the 34 below it."""
+        lvl = self.level(upto, since)
+        if lvl is None:
+            return None, ""
+        top = 10 ** (self.center + self.cfg.band * self._half_band())
+        if self.cfg.drift_horizon <= 0 or lvl[0] <= top:
+            return lvl[0], ""
+        return lvl[0], (f"; near the window's upper edge: its last {lvl[1]} iterations averaged {lvl[0]:.0f} ms, "
+                        f"above {top:.0f} ms, and a full model lengthens its syllables as it ages, so it may "
+                        f"leave the window (another model.seed, or more recordings, give it room)")
+
     def _ended_out_from(self, keeper, ended_ms) -> bool:
         """The chain ended out of the window still in the keeper's stretch at its kappa."""
         return keeper[3] == self.changed_at and ended_ms is not None and not self.in_window(ended_ms)
@@ -97,8 +128,12 @@ class Verdict:
                          f"{delivered[0]} ({ended} ms at kappa {delivered[1]:.3g}), the nearest to the window")
             verdict = (f"NOT in window [{self.cfg.lo_ms:g}, {self.cfg.hi_ms:g}] ms: {ended}; "
                        f"{why}; closest measured: {closest}")
+        level, edge = self._edge(held, fixed_from) if inside else (None, "")
+        edge = edge if stable is None else ""  # a state seen to stay, or to leave, needs no forecast
+        verdict += edge
         kappa = self.kappa if delivered is None else delivered[1]
-        return {"attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
+        return {"level_ms": level, "near_upper_edge": bool(edge),
+                "attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
                 "fixed_kappa_iters": held - fixed_from, "iterations": last, "gave_up": self.gave_up,
                 "delivered_iteration": delivered[0] if delivered else None, "stable": stable}
