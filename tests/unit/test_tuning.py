@@ -737,3 +737,25 @@ def test_a_model_whose_chain_ends_high_in_the_window_is_said_to_sit_near_its_upp
     assert 330 < centred["level_ms"] < 360 and not centred["near_upper_edge"], centred["verdict"]
     assert "edge" not in centred["verdict"]
     assert "edge" not in ended(high, horizon=0)["verdict"]
+
+
+def test_a_chain_is_said_to_have_left_the_window_by_its_last_check_window_not_its_last_state():
+    """One state's median is a draw about its chain. Real two mice, first 2 x 70 s (seed 7): the
+    chain ran on from the state it delivers (iteration 190, 333 ms) with every check in the window,
+    369 ms at the last, but its very last state drew 417 ms; the job said NOT stable and exited 5,
+    and 100 iterations on the delivered state was at 333 ms. Its chain left the window only when the
+    mean of its last check window did."""
+    def ended(last_window):
+        t = KappaTuner(make_cfg(kappa0=596.0, start_ms=300.0, fixed_iters=50, restart_probes=True,
+                                drift_horizon=100))
+        t._set(596.0, 175)
+        t.keepers = [(190, math.log10(596.0), 333.3, 175)]
+        t.medians = [(i, quantise(350.0)) for i in range(176, 251)] + [(250 + i, v) for i, v in
+                                                                       enumerate(last_window, start=1)]
+        return t.report(333.3, (190, 596.0), ended_ms=last_window[-1])
+
+    drew = ended([367, 367, 333, 367, 367, 367, 367, 367, 400, 417])
+    assert drew["stable"] is None and drew["verdict"].startswith(
+        "in window: delivers the state of iteration 190"), drew["verdict"]
+    left = ended([433, 417, 433, 433, 400, 433, 450, 433, 433, 417])
+    assert left["stable"] is False and "was out of the window by iteration 260" in left["verdict"], left["verdict"]
