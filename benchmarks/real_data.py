@@ -227,13 +227,13 @@ def run_row(name: str, args, work: Path, logs: Path) -> dict:
     sj = work / "project" / "summary.json"
     s = json.loads(sj.read_text()) if sj.exists() else {}
     lo, hi = s.get("target_median_duration_ms", [300.0, 400.0])
+    tuning = s.get("tuning") or {}
     row.update({"recordings": len((s.get("recordings") or {}).get("used", {})) or None,
                 "recordings_excluded": len((s.get("recordings") or {}).get("excluded", {})) or 0,
                 "frames": s.get("frames"), "target_ms": [lo, hi],
                 "summary_median_ms": s.get("median_duration_ms"),
                 # where the full model's chain sat at the end, and whether the job warned it sat high
-                "level_ms": (s.get("tuning") or {}).get("level_ms"),
-                "edge_warning": bool((s.get("tuning") or {}).get("near_upper_edge")),
+                "level_ms": tuning.get("level_ms"), "near_upper_edge": bool(tuning.get("near_upper_edge")),
                 "arhmm_iters": (s.get("iterations") or {}).get("arhmm"),
                 "full_iters": (s.get("iterations") or {}).get("full_model"),
                 "seconds_per_stage": s.get("seconds_per_stage"),
@@ -279,7 +279,7 @@ def table(rows, args) -> str:
             f"| {r['dataset']}{' (' + r['note'] + ')' if r.get('note') else ''} | {_f(r.get('recordings'), 'd')} "
             f"| {_f(r.get('frames'), 'd')} | {r['fps']:.4g} "
             f"| {_f(r['frames'] / r['fps'] if r.get('frames') else None)} "
-            f"| {r['exit']} | {_f(r.get('median_ms'))}{' (upper-edge warning)' if r.get('edge_warning') else ''} "
+            f"| {r['exit']} | {_f(r.get('median_ms'))}{' (upper-edge warning)' if r.get('near_upper_edge') else ''} "
             f"| {'yes' if r.get('in_window') else 'no'} | {'yes' if r.get('stable') else 'no'} "
             f"({_f(st.get('median_after_ms'))}) | {_f(r.get('arhmm_iters'), 'd')} / {_f(r.get('full_iters'), 'd')} "
             f"| {r['peak_rss_gib']:.2f} | {r['peak_before_figures_gib']:.2f} / {r['peak_figures_gib']:.2f} "

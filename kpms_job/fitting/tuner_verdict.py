@@ -48,13 +48,11 @@ class Verdict:
             return None
         return it, 10 ** lk
 
-    def level(self, upto: int, since: int, windows: int | None = None) -> tuple[float, int] | None:
+    def level(self, upto: int, since: int) -> tuple[float, int] | None:
         """(ms, n): where the chain sat at the end, the geometric mean of the medians of the last ``n``
-        iterations up to ``upto`` (at most ``windows`` check windows, by default ``drift_windows``) that
-        ran at the kappa set at iteration ``since``, after it settled. None when fewer than one check
-        window ran so."""
-        windows = self.cfg.drift_windows if windows is None else windows
-        first = max(since + self.cfg.settle, upto - windows * self.cfg.check_every)
+        iterations up to ``upto`` (at most ``drift_windows`` check windows) that ran at the kappa set
+        at iteration ``since``, after it settled. None when fewer than one check window ran so."""
+        first = max(since + self.cfg.settle, upto - self.cfg.drift_windows * self.cfg.check_every)
         vals = [m for i, m in self.medians if first < i <= upto and m is not None and m > 0]
         if len(vals) < self.cfg.check_every:
             return None
@@ -83,15 +81,15 @@ class Verdict:
 
     def _ended_out_from(self, keeper, ended_ms) -> bool:
         """The chain ended out of the window still in the keeper's stretch at its kappa: the mean of
-        its last check window was out (its last state alone, when fewer iterations ran).
+        its last check window was out, as a check measures it (its last state alone, when none can).
 
         One state's median is a draw about its chain, as at every check. Real cuts of 120 and 140 s:
         of four chains that ended on a state out of the window (417, 433, 433 and 267 ms) with their
         last check window in it, three delivered a state that was in the window 100 iterations on."""
         if keeper[3] != self.changed_at or ended_ms is None:
             return False
-        lvl = self.level(self.medians[-1][0], self.changed_at, windows=1) if self.medians else None
-        return not self.in_window(ended_ms if lvl is None else lvl[0])
+        window = self._measure(self.medians[-1][0]) if self.medians else None
+        return not self.in_window(ended_ms if window is None else window)
 
     def report(self, final_ms: float | None, delivered: tuple[int, float] | None = None,
                ended_ms: float | None = None) -> dict:
