@@ -203,8 +203,8 @@ def too_little_data(frames: int, fps: float) -> str | None:
     by 20% up to a factor of 2 at most kappas, or jumped to seconds, and the syllables lengthened
     with age by up to 2.3x between iterations 25 and 260. After 25 iterations the median hardly
     depends on kappa; kappa sets which way it then moves. With other random keys from the same
-    state (``hold_sweep.py --keys``), even the best kappa held at most half the draws in the window
-    (3 of 6, 2 of 6, 2 of 5, 1 of 3, 1 of 4).
+    state (``hold_sweep.py --keys``), even the best kappa held at most about six draws in ten in
+    the window (8 of 13), and mostly far fewer (2 of 6, 3 of 12, 1 of 3, 1 of 4).
     """
     seconds = frames / fps
     if seconds >= FAQ_HOURS * 3600:
