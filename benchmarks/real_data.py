@@ -9,7 +9,10 @@ Per row: dataset, recordings, frames, fps, exit code, the final median syllable 
 delivered state: the latest snapshot of the final model's checkpoint, measured by
 ``benchmarks/stability.py``, with summary.json's value beside it), in window, stable after
 ``--stability-iters`` (100) more Gibbs iterations (``benchmarks/stability.py``: at the model's
-kappa, in a scratch copy, in its own process, not in the wall time), the AR-HMM / full-model Gibbs
+kappa, in a scratch copy, in its own process, not in the wall time), the full-model chain's wander
+at one kappa (summary.json's ``tuning.wander_decades``: how far one state's median strayed from where
+its chain sat, and the share of a chain's states that would fall outside the window even were it
+centred in it), the AR-HMM / full-model Gibbs
 iterations (summary.json), wall time (process start to exit, timed by this parent), and the peak
 resident memory of the job's whole process tree (RSS of the job and all its descendants summed from
 /proc every 0.2 s): overall, before the figures stage (the fit's own peak) and during it. The issue
@@ -234,6 +237,8 @@ def run_row(name: str, args, work: Path, logs: Path) -> dict:
                 "summary_median_ms": s.get("median_duration_ms"),
                 # where the full model's chain sat at the end, and whether the job warned it sat high
                 "level_ms": tuning.get("level_ms"), "near_upper_edge": bool(tuning.get("near_upper_edge")),
+                # how far one state's median strays at one kappa, and what that costs a centred chain
+                "wander_decades": tuning.get("wander_decades"), "out_share_centred": tuning.get("out_share_centred"),
                 "arhmm_iters": (s.get("iterations") or {}).get("arhmm"),
                 "full_iters": (s.get("iterations") or {}).get("full_model"),
                 "seconds_per_stage": s.get("seconds_per_stage"),
@@ -269,9 +274,9 @@ def table(rows, args) -> str:
            "(benchmarks/stability.py, own process, not in the wall time). Memory: peak RSS of the job's "
            "process tree (/proc, 0.2 s).", "",
            "| dataset | recordings | frames | fps | seconds | exit | final median ms | in window "
-           "| stable (median after) | Gibbs AR-HMM / full | peak RSS GiB "
+           "| stable (median after) | wander sd, decades (out if centred) | Gibbs AR-HMM / full | peak RSS GiB "
            "| before figures / figures stage (adds) GiB | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r.get("stability", {})
         add = r.get("figures_adds_gib")
@@ -281,7 +286,9 @@ def table(rows, args) -> str:
             f"| {_f(r['frames'] / r['fps'] if r.get('frames') else None)} "
             f"| {r['exit']} | {_f(r.get('median_ms'))}{' (upper-edge warning)' if r.get('near_upper_edge') else ''} "
             f"| {'yes' if r.get('in_window') else 'no'} | {'yes' if r.get('stable') else 'no'} "
-            f"({_f(st.get('median_after_ms'))}) | {_f(r.get('arhmm_iters'), 'd')} / {_f(r.get('full_iters'), 'd')} "
+            f"({_f(st.get('median_after_ms'))}) | {_f(r.get('wander_decades'), '.3f')} "
+            f"({_f(r.get('out_share_centred'), '.0%')}) "
+            f"| {_f(r.get('arhmm_iters'), 'd')} / {_f(r.get('full_iters'), 'd')} "
             f"| {r['peak_rss_gib']:.2f} | {r['peak_before_figures_gib']:.2f} / {r['peak_figures_gib']:.2f} "
             f"({_f(add, '+.2f')}{', OVER 1 GiB' if add is not None and add > 1 else ''}) | {r['wall_s']:.0f} |")
     return "\n".join(out)

@@ -85,6 +85,7 @@ class KappaTuner(Verdict):
     cfg: TunerConfig
     kappa: float = field(init=False)
     changed_at: int = field(default=0, init=False)
+    changes: list = field(default_factory=list, init=False)  # every iteration kappa was set at, in order
     frozen: bool = field(default=False, init=False)
     gave_up: str | None = field(default=None, init=False)
     checks: list = field(default_factory=list, init=False)
@@ -288,6 +289,7 @@ class KappaTuner(Verdict):
     def _set(self, kappa: float, iteration: int) -> None:
         self.kappa = float(kappa)
         self.changed_at = iteration
+        self.changes.append(iteration)
 
     def observe(self, iteration: int, median_ms: float | None) -> float | None:
         """Record the median duration after ``iteration``; return a new kappa or None.

@@ -58,6 +58,45 @@ class Verdict:
             return None
         return 10 ** (sum(math.log10(v) for v in vals) / len(vals)), len(vals)
 
+    def wander(self) -> tuple[float, int] | None:
+        """(sd, n): how far one state's median strays from where its chain sits, in decades.
+
+        The per-iteration log medians about the mean of their stretch at one kappa (after it
+        settled), pooled over every stretch of at least one check window: n iterations in all. It
+        includes a stretch's slow wander and ageing, which a continuation inherits. None when no
+        stretch was that long."""
+        ss, dof, n = 0.0, 0, 0
+        for a, b in zip([0, *self.changes], [*self.changes, math.inf], strict=True):
+            vals = [math.log10(m) for i, m in self.medians if a + self.cfg.settle < i <= b and m and m > 0]
+            if len(vals) < self.cfg.check_every:
+                continue
+            mean = sum(vals) / len(vals)
+            ss += sum((v - mean) ** 2 for v in vals)
+            dof, n = dof + len(vals) - 1, n + len(vals)
+        return (math.sqrt(ss / dof), n) if dof else None
+
+    def _noise(self) -> tuple[dict, str]:
+        """The chain's wander against the window: fields for the report, and a sentence for the verdict.
+
+        With a normal draw of sd ``wander`` about a chain sitting at the window's centre, the share of
+        states outside it is ``erfc(h / (sd * sqrt 2))``, h the window's half-width (decades): what
+        even a perfectly tuned kappa would deliver out of the window. It is a floor: chains drawn
+        from one state at one kappa sit apart too (by up to 0.25 decades on the short rows below).
+        Replayed from the tuner records of every real_data.py and truncated.py row run so far: real
+        recording sets of 8 to 78 s wandered 0.035-0.17 decades (all but one 0.04 or more; a set
+        whose syllables all merged into one sat still), cuts of 100-140 s 0.010-0.048, sets of 162 s
+        or more 0.010-0.025; the 300-400 ms window's half-width is 0.062."""
+        w = self.wander()
+        if w is None:
+            return {"wander_decades": None, "wander_iterations": 0, "out_share_centred": None}, ""
+        sd, n = w
+        half = 0.5 * (math.log10(self.cfg.hi_ms) - math.log10(self.cfg.lo_ms))
+        out = math.erfc(half / (sd * math.sqrt(2.0))) if sd > 0 else 0.0
+        text = (f"; at one kappa a state's median strayed {sd:.3f} decades (sd, over {n} iterations) from "
+                f"where its chain sat, against the window's half-width of {half:.3f}: even a chain centred "
+                f"in the window would have {100 * out:.0f}% of its states outside it")
+        return {"wander_decades": sd, "wander_iterations": n, "out_share_centred": out}, text
+
     def _edge(self, upto: int, since: int) -> tuple[float | None, str]:
         """The chain's level at the end (``level``), and a warning when a full model (one that must
         stay in the window ``drift_horizon`` iterations) sat above the band around the aim.
@@ -142,8 +181,14 @@ class Verdict:
         level, edge = self._edge(upto, fixed_from) if inside else (None, "")
         edge = edge if stable is None else ""  # a state seen to stay, or to leave, needs no forecast
         verdict += edge
+        noise, said = self._noise()
+        if said and (not inside or (self.cfg.drift_horizon > 0 and stable is not True)):
+            # advice only where the wander alone puts 1 state in 20 out (the two-sd convention)
+            advice = ("" if inside or noise["out_share_centred"] < 0.05 else
+                      " (more or longer recordings steady it; a wider target window tolerates it)")
+            verdict += said + advice
         kappa = self.kappa if delivered is None else delivered[1]
-        return {"level_ms": level, "near_upper_edge": bool(edge),
+        return {**noise, "level_ms": level, "near_upper_edge": bool(edge),
                 "attempts": [c.as_dict() for c in self.checks], "final_kappa": kappa,
                 "final_median_ms": final_ms, "in_window": inside, "verdict": verdict,
                 "fixed_kappa_iters": held - fixed_from, "iterations": last, "gave_up": self.gave_up,
