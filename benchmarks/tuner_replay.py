@@ -14,7 +14,8 @@ under both; one that differs must be rerun to know how it ends. Nothing is fitte
 
 ``--rows`` replays real_data.py rows from the tuner record each row keeps (no project needed), and
 prints the exit code and verdict each tuner would end with beside what the row measured: a change
-to the verdict alone (the decisions the same) is judged on the rows already run.
+to the verdict alone (the decisions the same) is judged on the rows already run. It also prints this
+tree's measure of the chain's wander at one kappa (the verdict's ``wander_decades``).
 
 The tuner's settings come from the manifest the project ran with (``.kpms-job/last_run.json``), its
 first kappa from the full model's checkpoint (snapshot 0).
@@ -142,6 +143,10 @@ def compare_rows(path: Path, theirs, their_config) -> list:
         lines.append(f"    against:   exit {theirs_rep['exit']}: {theirs_rep['verdict'][:160]}")
         if ours_rep is not None:
             lines.append(f"    this tree: exit {ours_rep['exit']}: {ours_rep['verdict'][:160]}")
+            if ours_rep.get("wander_decades") is not None:
+                lines.append(f"    this tree: wander {ours_rep['wander_decades']:.3f} decades (sd, "
+                             f"{ours_rep['wander_iterations']} iterations), out if centred "
+                             f"{ours_rep['out_share_centred']:.0%}")
     return lines
 
 
