@@ -184,7 +184,7 @@ class Verdict:
         noise, said = self._noise()
         if said and (not inside or (self.cfg.drift_horizon > 0 and stable is not True)):
             # advice only where the wander alone puts 1 state in 20 out (the two-sd convention)
-            advice = ("" if inside or noise["out_share_centred"] < 0.05 else
+            advice = ("" if (inside and stable is not False) or noise["out_share_centred"] < 0.05 else
                       " (more or longer recordings steady it; a wider target window tolerates it)")
             verdict += said + advice
         kappa = self.kappa if delivered is None else delivered[1]

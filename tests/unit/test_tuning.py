@@ -782,6 +782,10 @@ def test_the_verdict_says_how_far_one_states_median_strays_at_one_kappa_against_
     assert 0.2 < noisy["out_share_centred"] < 0.4, noisy
     assert f"strayed {noisy['wander_decades']:.3f} decades" in noisy["verdict"], noisy["verdict"]
     assert "a wider target window tolerates it" in noisy["verdict"], noisy["verdict"]
+    # a state delivered in the window whose own chain then left it: not stable, and the same advice
+    t.keepers, t.left = [(70, math.log10(t.kappa), 346.0, 60)], {70: 100}
+    left = t.report(346.0, (70, t.kappa), ended_ms=500.0)
+    assert left["stable"] is False and "a wider target window tolerates it" in left["verdict"], left["verdict"]
     # two steady stretches far apart: the jump between them is kappa's doing, not wander
     _, steady = ended([(250.0, 0.005, 3), (346.0, 0.005, 4)])
     assert steady["wander_decades"] < 0.01 and steady["out_share_centred"] < 1e-6, steady
