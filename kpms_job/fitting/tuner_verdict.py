@@ -182,10 +182,12 @@ class Verdict:
         edge = edge if stable is None else ""  # a state seen to stay, or to leave, needs no forecast
         verdict += edge
         noise, said = self._noise()
-        if said and (not inside or (self.cfg.drift_horizon > 0 and stable is not True)):
+        full = self.cfg.drift_horizon > 0  # a model that must stay in the window (the AR-HMM need not)
+        failed = not inside or (full and stable is False)
+        if said and (failed or (full and stable is None)):
             # advice only where the wander alone puts 1 state in 20 out (the two-sd convention)
-            advice = ("" if (inside and stable is not False) or noise["out_share_centred"] < 0.05 else
-                      " (more or longer recordings steady it; a wider target window tolerates it)")
+            advice = (" (more or longer recordings steady it; a wider target window tolerates it)"
+                      if failed and noise["out_share_centred"] >= 0.05 else "")
             verdict += said + advice
         kappa = self.kappa if delivered is None else delivered[1]
         return {**noise, "level_ms": level, "near_upper_edge": bool(edge),
